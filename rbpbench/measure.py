@@ -1,0 +1,100 @@
+"""Every number a user reads about a method: wall time, peak memory, gradient error.
+
+Time and memory are measured in separate passes, so the memory profiler's
+overhead never enters a time. On the CPU peak memory comes from memray (every
+allocation of the process during the call, native and Python, counted from
+the start of the call); on CUDA from the caching allocator's peak counter,
+reset before the call.
+"""
+
+from __future__ import annotations
+
+import math
+import statistics
+import tempfile
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TypeVar
+
+import torch
+from torch import Tensor
+
+T = TypeVar("T")
+
+
+def synchronize(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def median_wall_time(
+    fn: Callable[[], object],
+    device: torch.device,
+    *,
+    min_total_s: float = 0.25,
+    max_repeats: int = 15,
+) -> float:
+    """Median wall time of ``fn`` in seconds over repeats, CUDA synchronised.
+
+    Runs at least once and repeats while the total stays under ``min_total_s``,
+    so millisecond-scale calls get a stable median and long calls run once.
+    """
+    times: list[float] = []
+    while not times or (sum(times) < min_total_s and len(times) < max_repeats):
+        synchronize(device)
+        start = time.perf_counter()
+        fn()
+        synchronize(device)
+        times.append(time.perf_counter() - start)
+    return statistics.median(times)
+
+
+@dataclass(frozen=True)
+class MemoryFigure:
+    peak_bytes: int
+    method: str  # how it was measured: "memray" or "cuda-allocator"
+
+
+def peak_memory(fn: Callable[[], object], device: torch.device) -> MemoryFigure:
+    """Peak memory allocated while ``fn`` runs, above what was held before it."""
+    if device.type == "cuda":
+        synchronize(device)
+        torch.cuda.reset_peak_memory_stats(device)
+        baseline = torch.cuda.memory_allocated(device)
+        fn()
+        synchronize(device)
+        return MemoryFigure(torch.cuda.max_memory_allocated(device) - baseline, "cuda-allocator")
+    import memray
+
+    with tempfile.TemporaryDirectory(prefix="rbpbench-memray-") as folder:
+        capture = Path(folder) / "capture.bin"
+        with memray.Tracker(destination=memray.FileDestination(str(capture), overwrite=True)):
+            fn()
+        return MemoryFigure(int(memray.FileReader(str(capture)).metadata.peak_memory), "memray")
+
+
+def _flat(tensors: Sequence[Tensor]) -> Tensor:
+    return torch.cat([t.detach().reshape(-1).to(torch.float64) for t in tensors])
+
+
+def relative_error(estimate: Sequence[Tensor], reference: Sequence[Tensor]) -> float:
+    """||estimate - reference|| / ||reference|| over all tensors together."""
+    est = _flat(estimate)
+    ref = _flat(reference).to(est.device)
+    denominator = float(torch.linalg.vector_norm(ref))
+    if denominator == 0.0:
+        return 0.0 if float(torch.linalg.vector_norm(est)) == 0.0 else math.inf
+    return float(torch.linalg.vector_norm(est - ref)) / denominator
+
+
+def cosine(estimate: Sequence[Tensor], reference: Sequence[Tensor]) -> float:
+    est = _flat(estimate)
+    ref = _flat(reference).to(est.device)
+    denominator = float(torch.linalg.vector_norm(est) * torch.linalg.vector_norm(ref))
+    return float(est @ ref) / denominator if denominator else math.nan
+
+
+def all_finite(*groups: Sequence[Tensor]) -> bool:
+    return all(bool(torch.isfinite(t).all()) for group in groups for t in group)
