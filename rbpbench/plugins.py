@@ -96,13 +96,23 @@ def _index(
 
 
 def _contributions(
-    manager: pluggy.PluginManager, hook: pluggy.HookCaller, origins: dict[str, Origin]
+    manager: pluggy.PluginManager,
+    hook: pluggy.HookCaller,
+    expected: type,
+    origins: dict[str, Origin],
 ) -> list[tuple[Any, Origin]]:
+    """Call each implementation of ``hook`` on its own, so every contribution keeps its origin."""
     out = []
     for impl in hook.get_hookimpls():
         name = manager.get_name(impl.plugin) or repr(impl.plugin)
         origin = origins.get(name, Origin(name, "unregistered", "-"))
-        for spec in impl.function() or []:
+        returned: Any = impl.function() or []
+        for spec in returned:
+            if not isinstance(spec, expected):
+                raise PluginError(
+                    f"plugin {name!r} ({origin}) returned {spec!r} from {hook.name}; "
+                    f"expected {expected.__name__} objects"
+                )
             out.append((spec, origin))
     return out
 
@@ -115,8 +125,9 @@ def load_registry(extra_plugins: Iterable[tuple[str, ModuleType | object]] = ())
         manager.register(plugin, name=name)
         origins[name] = Origin(name, name, "local")
     registry = Registry(load_errors=errors)
-    _index(
-        "method", _contributions(manager, manager.hook.rbpbench_methods, origins), registry.methods
-    )
-    _index("task", _contributions(manager, manager.hook.rbpbench_tasks, origins), registry.tasks)
+    hooks = manager.hook
+    methods = _contributions(manager, hooks.rbpbench_methods, MethodSpec, origins)
+    tasks = _contributions(manager, hooks.rbpbench_tasks, TaskSpec, origins)
+    _index("method", methods, registry.methods)
+    _index("task", tasks, registry.tasks)
     return registry

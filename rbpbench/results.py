@@ -8,7 +8,7 @@ finished cell.
 from __future__ import annotations
 
 import os
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -48,7 +48,7 @@ def empty_row() -> dict[str, Any]:
     return dict.fromkeys(COLUMNS)
 
 
-def to_frame(rows: list[Mapping[str, Any]]) -> pd.DataFrame:
+def to_frame(rows: Sequence[Mapping[str, Any]]) -> pd.DataFrame:
     frame = pd.DataFrame(list(rows), columns=list(COLUMNS))
     for column in ("truncation", "seed", "backward_iterations", "peak_memory_bytes"):
         frame[column] = pd.to_numeric(frame[column]).astype("Int64")

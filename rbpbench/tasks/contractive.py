@@ -114,5 +114,5 @@ def build(
         loss=lambda h: readout_loss(h, target, params_g),  # type: ignore[arg-type]
         seed=seed,
         exact_gradient=lambda: exact_gradient(x, target, params_f, params_g, h0),
-        info={"spectral_norm": spectral_norm},
+        info={"spectral_norm": spectral_norm, "x": x, "target": target},
     )

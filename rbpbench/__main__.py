@@ -1,0 +1,5 @@
+import sys
+
+from rbpbench.cli import main
+
+sys.exit(main())

@@ -1,0 +1,33 @@
+"""Peak memory against the number of forward steps T, measured by memray (rbpbench.measure)."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from rbpbench.measure import peak_memory
+from rbpbench.methods.implicit import cg_rbp, neumann_rbp, rbp
+from rbpbench.methods.unrolled import bptt, tbptt
+from tests.conftest import contractive_problem
+
+CPU = torch.device("cpu")
+
+
+def peak_at(method, steps: int, truncation: int = 20) -> int:
+    problem = contractive_problem(seed=0, spectral_norm=0.9, steps=steps, hidden=64, batch=8)
+    method(
+        problem, truncation, diagnostics=False
+    )  # warm-up: first-call allocations are not the method's
+    return peak_memory(lambda: method(problem, truncation, diagnostics=False), CPU).peak_bytes
+
+
+@pytest.mark.parametrize("method", [neumann_rbp, cg_rbp, rbp, tbptt], ids=lambda m: m.__name__)
+def test_memory_does_not_grow_with_T(method) -> None:
+    short, long = peak_at(method, 100), peak_at(method, 400)
+    assert abs(long - short) <= 0.10 * short, (short, long)
+
+
+def test_bptt_memory_grows_with_T_and_dwarfs_neumann_rbp() -> None:
+    short, long = peak_at(bptt, 100), peak_at(bptt, 400)
+    assert long >= 3 * short, (short, long)
+    assert long >= 20 * peak_at(neumann_rbp, 400)
