@@ -3,138 +3,16 @@
 from __future__ import annotations
 
 import argparse
-import inspect
-import json
 import sys
 import time
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from rbpbench import leaderboard
-from rbpbench.plugins import PluginError, Registry, load_registry
-from rbpbench.results import ResultsFolder
-from rbpbench.runner import Cell, CellRunner, expand, run_sweep
-
-DEFAULT_TASKS = "contractive-rnn"
-DEFAULT_TRUNCATIONS = "10,20,30"
-DEFAULT_SEEDS = "0-2"
-
-
-class UsageError(Exception):
-    """Bad input from the user: reported in one line with exit status 2."""
-
-
-def parse_names(text: str, known: Mapping[str, Any], kind: str) -> list[str]:
-    names = [n.strip() for n in text.split(",") if n.strip()]
-    if not names:
-        raise UsageError(f"no {kind} given")
-    unknown = [n for n in names if n not in known]
-    if unknown:
-        raise UsageError(f"unknown {kind} {', '.join(unknown)}; valid: {', '.join(known)}")
-    return list(dict.fromkeys(names))
-
-
-def parse_truncations(text: str) -> list[int]:
-    try:
-        values = [int(v) for v in text.split(",") if v.strip()]
-    except ValueError:
-        raise UsageError(
-            f"--truncation takes whole numbers separated by commas, not {text!r}"
-        ) from None
-    if not values or any(v <= 0 for v in values):
-        raise UsageError(f"--truncation values must be positive whole numbers, not {text!r}")
-    return list(dict.fromkeys(values))
-
-
-def parse_seeds(text: str) -> list[int]:
-    """``0-4`` (inclusive), ``1,3,7``, or a mix: ``0-2,10``."""
-    seeds: list[int] = []
-    try:
-        for part in (p.strip() for p in text.split(",")):
-            if "-" in part.lstrip("-"):
-                low, high = (int(v) for v in part.split("-", 1))
-                if high < low:
-                    raise ValueError
-                seeds.extend(range(low, high + 1))
-            else:
-                seeds.append(int(part))
-    except ValueError:
-        raise UsageError(
-            f"--seeds takes a range like 0-4 or a list like 0,3,7, not {text!r}"
-        ) from None
-    if any(s < 0 for s in seeds):
-        raise UsageError(f"--seeds must not be negative: {text!r}")
-    return list(dict.fromkeys(seeds))
-
-
-def parse_devices(text: str) -> list[str]:
-    devices = [d.strip() for d in text.split(",") if d.strip()]
-    for device in devices:
-        kind, _, index = device.partition(":")
-        if kind not in ("cpu", "cuda") or (index and not (kind == "cuda" and index.isdigit())):
-            raise UsageError(f"unknown device {device!r}; valid: cpu, cuda, cuda:N")
-    if not devices:
-        raise UsageError("no device given")
-    return list(dict.fromkeys(devices))
-
-
-def parse_params(pairs: Sequence[str], option: str) -> dict[str, Any]:
-    """``KEY=VALUE`` pairs; VALUE is read as JSON when it parses, else kept as a string."""
-    params: dict[str, Any] = {}
-    for pair in pairs:
-        key, sep, raw = pair.partition("=")
-        if not sep or not key:
-            raise UsageError(f"{option} takes KEY=VALUE, not {pair!r}")
-        try:
-            params[key] = json.loads(raw)
-        except json.JSONDecodeError:
-            params[key] = raw
-    return params
-
-
-def accepted_params(function: Any, defaults: Mapping[str, Any]) -> set[str] | None:
-    """Parameter names a builder or method accepts (None: it takes any keyword)."""
-    signature = inspect.signature(function)
-    names = set(defaults)
-    for p in signature.parameters.values():
-        if p.kind is inspect.Parameter.VAR_KEYWORD and p.name != "_":
-            if not defaults:
-                return None
-        elif p.kind is inspect.Parameter.KEYWORD_ONLY:
-            names.add(p.name)
-    return names - {"seed", "device", "dtype", "diagnostics"}
-
-
-def check_params(params: Mapping[str, Any], specs: Sequence[Any], call: str, option: str) -> None:
-    for spec in specs:
-        accepted = accepted_params(getattr(spec, call), spec.defaults)
-        unknown = sorted(set(params) - accepted) if accepted is not None else []
-        if unknown:
-            raise UsageError(
-                f"{option}: {spec.name} has no parameter {', '.join(unknown)}; "
-                f"valid: {', '.join(sorted(accepted or [])) or '(none)'}"
-            )
-
-
-def build_cells(args: argparse.Namespace, registry: Registry) -> list[Cell]:
-    tasks = parse_names(args.tasks, registry.tasks, "task")
-    methods = parse_names(args.methods or ",".join(registry.methods), registry.methods, "method")
-    task_params = parse_params(args.task_param, "--task-param")
-    method_params = parse_params(args.method_param, "--method-param")
-    check_params(task_params, [registry.task(t) for t in tasks], "build", "--task-param")
-    check_params(method_params, [registry.method(m) for m in methods], "compute", "--method-param")
-    cells = expand(
-        tasks,
-        methods,
-        parse_truncations(args.truncation),
-        parse_seeds(args.seeds),
-        parse_devices(args.device),
-    )
-    frozen_t, frozen_m = tuple(sorted(task_params.items())), tuple(sorted(method_params.items()))
-    return [
-        Cell(**{**c.__dict__, "task_params": frozen_t, "method_params": frozen_m}) for c in cells
-    ]
+from rbpbench import config, leaderboard
+from rbpbench.config import UsageError
+from rbpbench.plugins import PluginConfig, PluginError, load_registry
+from rbpbench.sweep import Sweep
 
 
 def default_out() -> Path:
@@ -142,16 +20,17 @@ def default_out() -> Path:
 
 
 class Progress:
-    """A bar on a terminal, a plain line per cell otherwise."""
+    """A bar on a terminal; otherwise a plain line per cell with the time left."""
 
-    def __init__(self, total: int) -> None:
-        self.total, self.done = total, 0
+    def __init__(self, total: int, jobs: int) -> None:
+        self.total, self.jobs, self.done = total, jobs, 0
         self.counts: dict[str, int] = {}
+        self.start = time.monotonic()
         self.bar = None
-        if sys.stderr.isatty():
+        if sys.stderr.isatty() and total:
             from tqdm import tqdm
 
-            self.bar = tqdm(total=total, unit="cell", file=sys.stderr)
+            self.bar = tqdm(total=total, unit="cell", file=sys.stderr, dynamic_ncols=True)
 
     def __call__(self, row: Mapping[str, Any]) -> None:
         self.done += 1
@@ -160,46 +39,124 @@ class Progress:
         if self.bar is not None:
             self.bar.set_postfix_str(summary)
             self.bar.update()
-        else:
-            detail = f" ({row['error']})" if row["error"] else ""
-            print(
-                f"[{self.done}/{self.total}] {row['task']} {row['method']} K={row['truncation']} "
-                f"seed={row['seed']} {row['device']}: {row['status']}{detail}",
-                file=sys.stderr,
-            )
+            return
+        elapsed = time.monotonic() - self.start
+        left = elapsed / self.done * (self.total - self.done)
+        detail = f" ({row['error']})" if row["error"] else ""
+        print(
+            f"[{self.done}/{self.total}, ~{left:.0f}s left, {summary}] {row['task']} "
+            f"{row['method']} K={row['truncation']} seed={row['seed']} {row['device']}: "
+            f"{row['status']}{detail}",
+            file=sys.stderr,
+            flush=True,
+        )
 
     def close(self) -> None:
         if self.bar is not None:
             self.bar.close()
 
 
+def plugin_config(args: argparse.Namespace) -> PluginConfig:
+    names = args.plugin or []
+    disabled = [n.removeprefix("no:") for n in names if n.startswith("no:")]
+    modules = [n for n in names if not n.startswith("no:")]
+    return PluginConfig.from_environment(modules, disabled + (args.disable_plugin or []))
+
+
+def settings_from(args: argparse.Namespace) -> dict[str, Any]:
+    layers = []
+    if args.suite:
+        layers.append(config.load_suite(args.suite))
+    if args.config:
+        layers.append(config.load_config(args.config))
+    flags = {
+        "tasks": args.tasks,
+        "methods": args.methods,
+        "truncation": args.truncation,
+        "seeds": args.seeds,
+        "device": args.device,
+        "jobs": args.jobs,
+        "timeout": args.timeout,
+    }
+    layers.append({k: v for k, v in flags.items() if v is not None})
+    return config.layer(*layers)
+
+
 def command_run(args: argparse.Namespace) -> int:
-    registry = load_registry()
-    cells = build_cells(args, registry)
+    plugins = plugin_config(args)
+    registry = load_registry(plugins)
+    settings = config.resolve(
+        settings_from(args),
+        registry,
+        task_param_flags=config.parse_params(args.task_param, "--task-param"),
+        method_param_flags=config.parse_params(args.method_param, "--method-param"),
+    )
+    fail_on = config.parse_statuses(args.fail_on) if args.fail_on else []
+    if args.dry_run:
+        cells = Sweep.plan(settings)
+        for cell in cells:
+            params = dict(cell.task_params) | dict(cell.method_params)
+            print(
+                f"{cell.task} {cell.method} K={cell.truncation} seed={cell.seed} {cell.device} {params or ''}"
+            )
+        print(f"{len(cells)} cells")
+        return 0
     out = Path(args.out) if args.out else default_out()
-    if out.exists() and any(out.iterdir()):
-        raise UsageError(f"--out {out} exists and is not empty; choose a new folder")
-    folder = ResultsFolder(out)
-    runner = CellRunner(registry)
-    progress = Progress(len(cells))
+    sweep = Sweep(settings, registry, plugins, out, retry_failed=args.retry_failed)
+    resumed = len(sweep.cells) - len(sweep.todo)
+    if resumed:
+        print(
+            f"resuming {out}: {resumed} of {len(sweep.cells)} cells already finished",
+            file=sys.stderr,
+        )
+    progress = Progress(len(sweep.todo), settings.jobs)
     try:
-        run_sweep(cells, runner, folder, progress)
-    finally:
+        sweep.run(progress)
+    except KeyboardInterrupt:
         progress.close()
-    print(leaderboard.render(folder.frame()))
-    print(f"\n{len(cells)} cells written to {folder.parquet} and {folder.csv}")
+        print(
+            f"\ninterrupted: finished cells are in {sweep.results.parquet}; "
+            "run the same command again to resume",
+            file=sys.stderr,
+        )
+        return 130
+    progress.close()
+    frame = sweep.frame()
+    print(leaderboard.render(frame))
+    print(f"\n{len(frame)} cells in {sweep.results.parquet} and {sweep.results.csv}")
+    failed = frame[frame.status.isin(fail_on)]
+    if len(failed):
+        print(
+            f"rbpbench: {len(failed)} cells ended in {', '.join(sorted(set(failed.status)))}",
+            file=sys.stderr,
+        )
+        return 1
     return 0
 
 
 def command_list(args: argparse.Namespace) -> int:
-    registry = load_registry()
+    registry = load_registry(plugin_config(args))
     print("methods:")
     for name, (method, origin) in registry.methods.items():
         print(f"  {name:<16} {origin!s:<24} {method.summary}")
     print("tasks:")
     for name, (task, origin) in registry.tasks.items():
         print(f"  {name:<16} {origin!s:<24} {task.summary}")
+    print("suites:")
+    for name in config.suite_names():
+        print(f"  {name:<16} {config.load_suite(name).get('description', '')}")
     return 0
+
+
+def add_plugin_options(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "-p",
+        dest="plugin",
+        action="append",
+        metavar="NAME",
+        help="load plugin module NAME, or with no:NAME do not load plugin NAME",
+    )
+    parser.add_argument("--disable-plugin", action="append", metavar="NAME")
 
 
 def make_parser() -> argparse.ArgumentParser:
@@ -208,24 +165,40 @@ def make_parser() -> argparse.ArgumentParser:
     )
     commands = parser.add_subparsers(dest="command", required=True)
     run = commands.add_parser("run", help="run a sweep and print its leaderboard")
-    run.add_argument(
-        "--tasks", default=DEFAULT_TASKS, help=f"comma-separated (default {DEFAULT_TASKS})"
-    )
-    run.add_argument("--methods", default=None, help="comma-separated (default: every method)")
-    run.add_argument(
-        "--truncation",
-        default=DEFAULT_TRUNCATIONS,
-        help=f"K values (default {DEFAULT_TRUNCATIONS})",
-    )
-    run.add_argument(
-        "--seeds", default=DEFAULT_SEEDS, help=f"e.g. 0-4 or 0,3 (default {DEFAULT_SEEDS})"
-    )
-    run.add_argument("--device", default="cpu", help="cpu, cuda, cuda:N, comma-separated")
+    d = config.DEFAULTS
+    run.add_argument("--suite", help="a shipped preset (see rbpbench list)")
+    run.add_argument("--config", help="a TOML file of settings; flags override it")
+    run.add_argument("--tasks", help=f"comma-separated (default {d['tasks']})")
+    run.add_argument("--methods", help="comma-separated (default: every method)")
+    run.add_argument("--truncation", help=f"K values (default {d['truncation']})")
+    run.add_argument("--seeds", help=f"e.g. 0-4 or 0,3 (default {d['seeds']})")
+    run.add_argument("--device", help="cpu, cuda, cuda:N, comma-separated (default cpu)")
     run.add_argument("--task-param", action="append", default=[], metavar="KEY=VALUE")
     run.add_argument("--method-param", action="append", default=[], metavar="KEY=VALUE")
-    run.add_argument("--out", default=None, help="results folder (default results/run-<time>)")
+    run.add_argument("--jobs", help="worker processes (default 1)")
+    run.add_argument(
+        "--timeout",
+        help=f"seconds per cell before its worker is killed (default {d['timeout']}; 0: none)",
+    )
+    run.add_argument(
+        "--out",
+        help="results folder (default results/run-<time>); an earlier sweep's folder resumes it",
+    )
+    run.add_argument(
+        "--retry-failed", action="store_true", help="also rerun cells that failed before"
+    )
+    run.add_argument(
+        "--fail-on",
+        metavar="STATUSES",
+        help="exit 1 if any cell ends in one of these, e.g. error,timeout",
+    )
+    run.add_argument(
+        "--dry-run", action="store_true", help="print the cells and their number; run nothing"
+    )
+    add_plugin_options(run)
     run.set_defaults(handler=command_run)
-    listing = commands.add_parser("list", help="list methods and tasks with their origin")
+    listing = commands.add_parser("list", help="list methods, tasks and suites with their origin")
+    add_plugin_options(listing)
     listing.set_defaults(handler=command_list)
     return parser
 

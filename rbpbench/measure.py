@@ -16,12 +16,12 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TypeVar
 
 import torch
 from torch import Tensor
 
-T = TypeVar("T")
+from rbpbench import state as S
+from rbpbench.state import State
 
 
 def synchronize(device: torch.device) -> None:
@@ -33,10 +33,10 @@ def median_wall_time(
     fn: Callable[[], object],
     device: torch.device,
     *,
-    min_total_s: float = 0.25,
+    min_total_s: float = 0.2,
     max_repeats: int = 15,
-) -> float:
-    """Median wall time of ``fn`` in seconds over repeats, CUDA synchronised.
+) -> tuple[float, int]:
+    """Median wall time of ``fn`` in seconds over repeats (CUDA synchronised), and the repeat count.
 
     Runs at least once and repeats while the total stays under ``min_total_s``,
     so millisecond-scale calls get a stable median and long calls run once.
@@ -48,7 +48,7 @@ def median_wall_time(
         fn()
         synchronize(device)
         times.append(time.perf_counter() - start)
-    return statistics.median(times)
+    return statistics.median(times), len(times)
 
 
 @dataclass(frozen=True)
@@ -73,6 +73,33 @@ def peak_memory(fn: Callable[[], object], device: torch.device) -> MemoryFigure:
         with memray.Tracker(destination=memray.FileDestination(str(capture), overwrite=True)):
             fn()
         return MemoryFigure(int(memray.FileReader(str(capture)).metadata.peak_memory), "memray")
+
+
+def spectral_radius(
+    vjp: Callable[[State], State], like: State, *, iterations: int = 50, seed: int = 0
+) -> float:
+    """Estimate of the spectral radius of J from products J^T v (power iteration).
+
+    The geometric mean of the growth factors over the second half of the
+    iterations converges to rho(J) even when the dominant eigenvalues form a
+    complex pair, where plain power iteration would not settle on a vector.
+    """
+    generator = torch.Generator().manual_seed(seed)
+    v = S.tree_map(
+        lambda x: torch.randn(x.shape, generator=generator, dtype=torch.float64).to(x), like
+    )
+    v = S.scale(v, 1 / S.norm(v))
+    logs: list[float] = []
+    with torch.no_grad():
+        for _ in range(iterations):
+            w = vjp(v)
+            size = float(S.norm(w))
+            if size == 0.0 or not math.isfinite(size):
+                return size
+            logs.append(math.log(size))
+            v = S.scale(w, 1 / size)
+    tail = logs[len(logs) // 2 :]
+    return math.exp(sum(tail) / len(tail))
 
 
 def _flat(tensors: Sequence[Tensor]) -> Tensor:

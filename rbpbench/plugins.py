@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import importlib
 import importlib.metadata as md
+import os
 import sys
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from types import ModuleType
 from typing import Any
@@ -15,6 +17,28 @@ from rbpbench import hookspecs
 from rbpbench.problem import MethodSpec, TaskSpec
 
 ENTRY_POINT_GROUP = "rbpbench"
+# Set to any non-empty value to load no entry-point plugins (only those named with -p).
+DISABLE_AUTOLOAD_ENV = "RBPBENCH_DISABLE_PLUGIN_AUTOLOAD"
+
+
+@dataclass(frozen=True)
+class PluginConfig:
+    """Which plugins to load, as the user chose: picklable, so worker processes load the same.
+
+    ``modules`` are extra plugin modules to import and register (``-p MODULE``);
+    ``disabled`` are entry-point or module names not to load (``-p no:NAME``);
+    ``autoload`` loads the ``rbpbench`` entry-point group.
+    """
+
+    modules: tuple[str, ...] = ()
+    disabled: tuple[str, ...] = ()
+    autoload: bool = True
+
+    @classmethod
+    def from_environment(
+        cls, modules: Sequence[str] = (), disabled: Sequence[str] = ()
+    ) -> PluginConfig:
+        return cls(tuple(modules), tuple(disabled), not os.environ.get(DISABLE_AUTOLOAD_ENV))
 
 
 class PluginError(Exception):
@@ -54,7 +78,9 @@ def new_manager() -> pluggy.PluginManager:
     return manager
 
 
-def load_entry_points(manager: pluggy.PluginManager) -> tuple[dict[str, Origin], dict[str, str]]:
+def load_entry_points(
+    manager: pluggy.PluginManager, *, warn: bool = True
+) -> tuple[dict[str, Origin], dict[str, str]]:
     """Register every plugin of the entry-point group; one that fails to import is reported, not fatal."""
     origins: dict[str, Origin] = {}
     errors: dict[str, str] = {}
@@ -70,11 +96,12 @@ def load_entry_points(manager: pluggy.PluginManager) -> tuple[dict[str, Origin],
             manager.register(plugin, name=ep.name)
         except Exception as exc:  # a broken third-party plugin must not take the others down
             errors[ep.name] = f"{type(exc).__name__}: {exc}"
-            print(
-                f"warning: rbpbench plugin {ep.name!r} ({origin}) failed to load: "
-                f"{type(exc).__name__}: {exc}",
-                file=sys.stderr,
-            )
+            if warn:
+                print(
+                    f"warning: rbpbench plugin {ep.name!r} ({origin}) failed to load: "
+                    f"{type(exc).__name__}: {exc}",
+                    file=sys.stderr,
+                )
             continue
         origins[ep.name] = origin
     return origins, errors
@@ -117,10 +144,37 @@ def _contributions(
     return out
 
 
-def load_registry(extra_plugins: Iterable[tuple[str, ModuleType | object]] = ()) -> Registry:
-    """Load all entry-point plugins (plus ``extra_plugins``, named) and index their contributions."""
+def module_origin(module: str) -> Origin:
+    """The distribution that ships ``module``'s top-level package, if an installed one does."""
+    top = module.split(".")[0]
+    for dist_name in md.packages_distributions().get(top, []):
+        return Origin(module, dist_name, md.version(dist_name))
+    return Origin(module, module, "local")
+
+
+def load_registry(
+    config: PluginConfig | None = None,
+    extra_plugins: Iterable[tuple[str, ModuleType | object]] = (),
+    *,
+    warn: bool = True,
+) -> Registry:
+    """Load the plugins ``config`` asks for (plus ``extra_plugins`` objects) and index what they give."""
+    config = config or PluginConfig.from_environment()
     manager = new_manager()
-    origins, errors = load_entry_points(manager)
+    for name in config.disabled:
+        manager.set_blocked(name)
+    origins: dict[str, Origin] = {}
+    errors: dict[str, str] = {}
+    if config.autoload:
+        origins, errors = load_entry_points(manager, warn=warn)
+    for module in config.modules:
+        if manager.is_blocked(module) or manager.get_plugin(module) is not None:
+            continue
+        try:
+            manager.register(importlib.import_module(module), name=module)
+        except ImportError as exc:
+            raise PluginError(f"plugin module {module!r} (-p) cannot be imported: {exc}") from exc
+        origins[module] = module_origin(module)
     for name, plugin in extra_plugins:
         manager.register(plugin, name=name)
         origins[name] = Origin(name, name, "local")

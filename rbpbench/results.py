@@ -1,22 +1,39 @@
 """The results table: one row per cell, its columns, and its files on disk.
 
-Both files are rewritten atomically (write to a temporary file, then rename)
-after every cell, so an interrupted sweep leaves readable files holding every
-finished cell.
+``<out>/results.parquet`` and ``<out>/results.csv`` are rewritten atomically
+(a temporary file, fsync, then rename) after every finished cell, so a sweep
+killed at any moment leaves both files readable and holding every finished
+cell. A rerun on the same folder loads them and replaces a cell's row when
+that cell runs again, so each cell appears exactly once.
 """
 
 from __future__ import annotations
 
 import os
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 import pandas as pd
 
+# Statuses a cell can end in. "ok" and "diverged" are results (the paper's RBP
+# blowing up is a finding); the others say why a cell has no result.
+OK, DIVERGED, TIMEOUT, ERROR, OOM, CRASHED, SKIPPED = (
+    "ok",
+    "diverged",
+    "timeout",
+    "error",
+    "oom",
+    "crashed",
+    "skipped",
+)
+STATUSES = (OK, DIVERGED, TIMEOUT, ERROR, OOM, CRASHED, SKIPPED)
+FAILED = (TIMEOUT, ERROR, OOM, CRASHED, SKIPPED)
+
 # Column name -> meaning. The order is the order of the files.
 COLUMNS: dict[str, str] = {
-    "run_id": "identifier of the sweep that produced the row",
+    "cell_id": "hash of the cell's identity (task, method, their parameters, K, seed, device, dtype, versions)",
+    "run_id": "identifier of the sweep invocation that produced the row (see environment.json)",
     "task": "task name",
     "task_params": "task parameters as JSON (defaults merged)",
     "method": "gradient method name",
@@ -25,15 +42,21 @@ COLUMNS: dict[str, str] = {
     "seed": "seed of the problem",
     "device": "cpu or cuda[:i]",
     "dtype": "floating-point type of the problem",
-    "status": "ok | diverged | error | skipped",
-    "error": "why the cell is not ok (empty when ok)",
+    "status": "ok | diverged | timeout | error | oom | crashed | skipped",
+    "error": "why the cell is not ok: message and last frame (empty when ok)",
     "loss": "loss on the final state",
     "grad_rel_error": "||g - g_bptt|| / ||g_bptt|| on w_F, same problem",
     "grad_cosine": "cosine between g and g_bptt on w_F",
+    "grad_rel_error_g": "||g - g_bptt|| / ||g_bptt|| on w_G (readout)",
+    "grad_rel_error_total": "||g - g_bptt|| / ||g_bptt|| on w_F and w_G together",
+    "grad_cosine_total": "cosine between g and g_bptt on w_F and w_G together",
     "grad_rel_error_exact": "||g - g_exact|| / ||g_exact|| on w_F (NaN if the task has no exact gradient)",
+    "spectral_radius": "estimate of the spectral radius of J at h_{T-1} (power iteration on J^T v)",
     "wall_time_s": "median wall time of the gradient computation (timing pass, no profiler)",
+    "timing_repeats": "how many timed repeats the median is over",
     "peak_memory_bytes": "peak memory of the gradient computation above the baseline (memory pass)",
     "memory_method": "how peak_memory_bytes was measured: memray or cuda-allocator",
+    "cell_time_s": "wall time of the whole cell: problem, references, all passes",
     "forward_residual": "||h_T - h_{T-1}||",
     "backward_iterations": "backward steps or solver iterations actually taken",
     "backward_residual": "||(I - J^T) z - g|| of the adjoint used (NaN without one)",
@@ -41,7 +64,29 @@ COLUMNS: dict[str, str] = {
     "rbpbench_version": "rbpbench version",
     "method_distribution": "distribution and version providing the method",
     "task_distribution": "distribution and version providing the task",
+    "worker": "host:pid of the process that ran the cell",
 }
+INTEGER_COLUMNS = (
+    "truncation",
+    "seed",
+    "backward_iterations",
+    "peak_memory_bytes",
+    "timing_repeats",
+)
+FLOAT_COLUMNS = (
+    "loss",
+    "grad_rel_error",
+    "grad_cosine",
+    "grad_rel_error_g",
+    "grad_rel_error_total",
+    "grad_cosine_total",
+    "grad_rel_error_exact",
+    "spectral_radius",
+    "wall_time_s",
+    "cell_time_s",
+    "forward_residual",
+    "backward_residual",
+)
 
 
 def empty_row() -> dict[str, Any]:
@@ -50,16 +95,17 @@ def empty_row() -> dict[str, Any]:
 
 def to_frame(rows: Sequence[Mapping[str, Any]]) -> pd.DataFrame:
     frame = pd.DataFrame(list(rows), columns=list(COLUMNS))
-    for column in ("truncation", "seed", "backward_iterations", "peak_memory_bytes"):
+    for column in INTEGER_COLUMNS:
         frame[column] = pd.to_numeric(frame[column]).astype("Int64")
-    for column in ("loss", "grad_rel_error", "grad_cosine", "grad_rel_error_exact"):
+    for column in FLOAT_COLUMNS:
         frame[column] = pd.to_numeric(frame[column]).astype("float64")
-    for column in ("wall_time_s", "forward_residual", "backward_residual"):
-        frame[column] = pd.to_numeric(frame[column]).astype("float64")
+    for column in set(COLUMNS) - set(INTEGER_COLUMNS) - set(FLOAT_COLUMNS):
+        frame[column] = frame[column].astype("string")
     return frame
 
 
-def _atomic_write(path: Path, write: Any) -> None:
+def atomic_write(path: Path, write: Callable[[Path], Any]) -> None:
+    """``write(tmp)`` then fsync and rename over ``path``: readers see the old file or the new one."""
     partial = path.with_name(f".{path.name}.partial")
     write(partial)
     with open(partial, "rb") as handle:
@@ -68,11 +114,21 @@ def _atomic_write(path: Path, write: Any) -> None:
 
 
 class ResultsFolder:
-    """``<out>/results.parquet`` and ``<out>/results.csv``, kept in step with every finished cell."""
+    """The table of one results folder, kept on disk in step with every finished cell."""
 
     def __init__(self, folder: Path) -> None:
         self.folder = folder
-        self.rows: list[dict[str, Any]] = []
+        self.rows: dict[str, dict[str, Any]] = {}
+        if self.parquet.exists():
+            frame = pd.read_parquet(self.parquet)
+            missing = set(COLUMNS) - set(frame.columns)
+            if missing:
+                raise ValueError(
+                    f"{self.parquet} is not an rbpbench results table of this version "
+                    f"(missing columns {sorted(missing)})"
+                )
+            for record in frame.astype(object).where(frame.notna(), None).to_dict("records"):
+                self.rows[str(record["cell_id"])] = record
 
     @property
     def parquet(self) -> Path:
@@ -82,15 +138,26 @@ class ResultsFolder:
     def csv(self) -> Path:
         return self.folder / "results.csv"
 
+    def finished(self, *, retry_failed: bool) -> set[str]:
+        """Ids of the cells a rerun need not run again."""
+        return {
+            cell_id
+            for cell_id, row in self.rows.items()
+            if not (retry_failed and row["status"] in FAILED)
+        }
+
     def append(self, row: Mapping[str, Any]) -> None:
-        self.rows.append(dict(row))
+        self.rows[str(row["cell_id"])] = dict(row)
+        self.flush()
+
+    def flush(self) -> None:
         self.folder.mkdir(parents=True, exist_ok=True)
-        frame = to_frame(self.rows)
-        _atomic_write(self.parquet, lambda p: frame.to_parquet(p, index=False))
-        _atomic_write(self.csv, lambda p: frame.to_csv(p, index=False))
+        frame = self.frame()
+        atomic_write(self.parquet, lambda p: frame.to_parquet(p, index=False))
+        atomic_write(self.csv, lambda p: frame.to_csv(p, index=False))
 
     def frame(self) -> pd.DataFrame:
-        return to_frame(self.rows)
+        return to_frame(list(self.rows.values()))
 
 
 def read(folder: Path) -> pd.DataFrame:

@@ -1,21 +1,20 @@
-"""The matrix of cells and their execution.
+"""Running one cell, inside a worker process.
 
-A cell is one (task, method, truncation, seed, device). Running it builds the
-task's problem, computes the method's gradient (a first pass for the values
-and diagnostics, which also warms up; a timing pass; a memory pass), and
-compares the gradient with BPTT's on the same problem and with the exact one
-where the task has it. A cell that fails is a row with a status, never a lost
-sweep.
+Running a cell builds the task's problem, computes the method's gradient (a
+first pass for the values and diagnostics, which also warms up; a timing
+pass; a memory pass), and compares the gradient with BPTT's on the same
+problem and with the exact one where the task has it. Whatever happens, the
+result is a row: an exception becomes ``error`` (or ``oom``), a non-finite
+loss, state or gradient becomes ``diverged``.
 """
 
 from __future__ import annotations
 
-import itertools
-import json
 import math
+import os
+import socket
+import time
 import traceback
-import uuid
-from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -23,41 +22,13 @@ from typing import Any
 import torch
 from torch import Tensor
 
-import rbpbench
 from rbpbench import measure
+from rbpbench.cells import Cell, identity_row
+from rbpbench.forward import LastStep, run_without_graph
 from rbpbench.methods.unrolled import bptt
 from rbpbench.plugins import Registry
 from rbpbench.problem import GradientResult, Problem
-from rbpbench.results import ResultsFolder, empty_row
-
-DTYPES = {"float32": torch.float32, "float64": torch.float64}
-
-
-@dataclass(frozen=True)
-class Cell:
-    task: str
-    method: str
-    truncation: int
-    seed: int
-    device: str
-    task_params: tuple[tuple[str, Any], ...] = ()
-    method_params: tuple[tuple[str, Any], ...] = ()
-
-
-def expand(
-    tasks: Sequence[str],
-    methods: Sequence[str],
-    truncations: Sequence[int],
-    seeds: Sequence[int],
-    devices: Sequence[str],
-) -> list[Cell]:
-    """Every combination, task-major so that cells sharing a BPTT reference run together."""
-    return [
-        Cell(task, method, k, seed, device)
-        for task, device, seed, method, k in itertools.product(
-            tasks, devices, seeds, methods, truncations
-        )
-    ]
+from rbpbench.results import DIVERGED, ERROR, OK, OOM, SKIPPED
 
 
 def device_unavailable(device: str) -> str | None:
@@ -77,18 +48,39 @@ def describe_exception(exc: BaseException) -> str:
     return f"{type(exc).__name__}: {exc}{where}"
 
 
+def is_out_of_memory(exc: BaseException) -> bool:
+    if isinstance(exc, (MemoryError, torch.cuda.OutOfMemoryError)):
+        return True
+    text = str(exc).lower()
+    return isinstance(exc, RuntimeError) and (
+        "out of memory" in text or "can't allocate memory" in text
+    )
+
+
+def worker_name() -> str:
+    return f"{socket.gethostname()}:{os.getpid()}"
+
+
 @dataclass
 class References:
-    """BPTT's and the exact gradient of one problem, computed once for all methods."""
+    """What every method's gradient on one problem is compared with, computed once."""
 
-    bptt: tuple[Tensor, ...]
-    exact: tuple[Tensor, ...] | None
+    bptt_f: tuple[Tensor, ...]
+    bptt_g: tuple[Tensor, ...]
+    exact_f: tuple[Tensor, ...] | None
+    spectral_radius: float
+
+
+def spectral_radius_at_end(problem: Problem, iterations: int) -> float:
+    step = LastStep(problem, run_without_graph(problem, problem.num_steps - 1))
+    return measure.spectral_radius(step.vjp, step.h_prev, iterations=iterations, seed=problem.seed)
 
 
 @dataclass
 class CellRunner:
     registry: Registry
-    run_id: str = field(default_factory=lambda: uuid.uuid4().hex[:12])
+    run_id: str
+    power_iterations: int = 50
     _references: dict[tuple[Any, ...], References] = field(default_factory=dict)
 
     def problem(self, cell: Cell) -> Problem:
@@ -103,47 +95,37 @@ class CellRunner:
         if key not in self._references:
             problem = self.problem(cell)
             exact = problem.exact_gradient() if problem.exact_gradient else None
+            reference = bptt(problem, 0, diagnostics=False)
             # Cells come task- and seed-major, so one entry suffices and large
             # reference gradients do not pile up over a sweep.
-            self._references = {key: References(bptt(problem, 0).grads_f, exact)}
+            self._references = {
+                key: References(
+                    reference.grads_f,
+                    reference.grads_g,
+                    exact,
+                    spectral_radius_at_end(problem, self.power_iterations),
+                )
+            }
         return self._references[key]
 
-    def identity(self, cell: Cell) -> dict[str, Any]:
-        task_spec, task_origin = self.registry.tasks[cell.task]
-        method_spec, method_origin = self.registry.methods[cell.method]
-        row = empty_row()
-        row.update(
-            run_id=self.run_id,
-            task=cell.task,
-            task_params=json.dumps(
-                {**task_spec.defaults, **dict(cell.task_params)}, sort_keys=True
-            ),
-            method=cell.method,
-            method_params=json.dumps(
-                {**method_spec.defaults, **dict(cell.method_params)}, sort_keys=True
-            ),
-            truncation=cell.truncation,
-            seed=cell.seed,
-            device=cell.device,
-            dtype=str(task_spec.dtype).removeprefix("torch."),
-            error="",
-            torch_version=torch.__version__,
-            rbpbench_version=rbpbench.__version__,
-            method_distribution=str(method_origin),
-            task_distribution=str(task_origin),
-        )
-        return row
-
     def run(self, cell: Cell) -> dict[str, Any]:
-        row = self.identity(cell)
+        start = time.perf_counter()
+        row = identity_row(cell, self.registry, self.run_id)
+        row["worker"] = worker_name()
         reason = device_unavailable(cell.device)
         if reason:
-            row.update(status="skipped", error=reason)
+            row.update(status=SKIPPED, error=reason)
             return row
         try:
             row.update(self._measure(cell))
         except Exception as exc:
-            row.update(status="error", error=describe_exception(exc))
+            row.update(
+                status=OOM if is_out_of_memory(exc) else ERROR, error=describe_exception(exc)
+            )
+        finally:
+            if cell.device.startswith("cuda") and torch.cuda.is_available():
+                torch.cuda.empty_cache()
+        row["cell_time_s"] = time.perf_counter() - start
         return row
 
     def _measure(self, cell: Cell) -> dict[str, Any]:
@@ -156,24 +138,63 @@ class CellRunner:
             return spec.compute(problem, cell.truncation, diagnostics=diagnostics, **params)
 
         result = compute(True)  # values and diagnostics; also the warm-up
+        check_result(result, problem)
         figures = result_figures(result)
-        if not (math.isfinite(result.loss) and measure.all_finite(result.grads_f, result.grads_g)):
-            return {**figures, "status": "diverged", "error": "non-finite loss or gradient"}
+        if not (
+            math.isfinite(result.loss)
+            and math.isfinite(result.forward_residual)
+            and measure.all_finite(result.grads_f, result.grads_g)
+        ):
+            return {**figures, "status": DIVERGED, "error": "non-finite loss, state or gradient"}
         refs = self.references(cell)
-        wall = measure.median_wall_time(lambda: compute(False), device)
+        wall, repeats = measure.median_wall_time(lambda: compute(False), device)
         memory = measure.peak_memory(lambda: compute(False), device)
+        both = result.grads_f + result.grads_g
         return {
             **figures,
-            "status": "ok",
-            "grad_rel_error": measure.relative_error(result.grads_f, refs.bptt),
-            "grad_cosine": measure.cosine(result.grads_f, refs.bptt),
+            "status": OK,
+            "grad_rel_error": measure.relative_error(result.grads_f, refs.bptt_f),
+            "grad_cosine": measure.cosine(result.grads_f, refs.bptt_f),
+            "grad_rel_error_g": measure.relative_error(result.grads_g, refs.bptt_g),
+            "grad_rel_error_total": measure.relative_error(both, refs.bptt_f + refs.bptt_g),
+            "grad_cosine_total": measure.cosine(both, refs.bptt_f + refs.bptt_g),
             "grad_rel_error_exact": (
-                measure.relative_error(result.grads_f, refs.exact) if refs.exact else math.nan
+                measure.relative_error(result.grads_f, refs.exact_f) if refs.exact_f else math.nan
             ),
+            "spectral_radius": refs.spectral_radius,
             "wall_time_s": wall,
+            "timing_repeats": repeats,
             "peak_memory_bytes": memory.peak_bytes,
             "memory_method": memory.method,
         }
+
+
+def check_result(result: GradientResult, problem: Problem) -> None:
+    """A method's answer must have one gradient per parameter, of its shape, dtype and device."""
+    if not isinstance(result, GradientResult):
+        raise TypeError(f"the method returned {type(result).__name__}, not a GradientResult")
+    for group, grads, params in (
+        ("w_F", result.grads_f, problem.params_f),
+        ("w_G", result.grads_g, problem.params_g),
+    ):
+        if len(grads) != len(params):
+            raise ValueError(f"{len(grads)} gradients for the {len(params)} parameters of {group}")
+        for i, (g, p) in enumerate(zip(grads, params, strict=True)):
+            if (
+                not isinstance(g, Tensor)
+                or g.shape != p.shape
+                or g.dtype != p.dtype
+                or g.device != p.device
+            ):
+                got = (
+                    f"{tuple(g.shape)} {g.dtype} {g.device}"
+                    if isinstance(g, Tensor)
+                    else type(g).__name__
+                )
+                raise ValueError(
+                    f"gradient {i} of {group} is {got}; the parameter is "
+                    f"{tuple(p.shape)} {p.dtype} {p.device}"
+                )
 
 
 def result_figures(result: GradientResult) -> dict[str, Any]:
@@ -183,15 +204,3 @@ def result_figures(result: GradientResult) -> dict[str, Any]:
         "backward_iterations": result.backward_iterations,
         "backward_residual": result.backward_residual,
     }
-
-
-def run_sweep(
-    cells: Iterable[Cell],
-    runner: CellRunner,
-    out: ResultsFolder,
-    on_row: Callable[[Mapping[str, Any]], None] = lambda row: None,
-) -> None:
-    for cell in cells:
-        row = runner.run(cell)
-        out.append(row)
-        on_row(row)

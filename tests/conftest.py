@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import dataclasses
+from pathlib import Path
 
 import pytest
 import torch
@@ -10,6 +11,13 @@ from rbpbench.problem import Problem
 from rbpbench.tasks import contractive
 
 CPU = torch.device("cpu")
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    """Make the folder of --benchmark-json, so the README's test command works in a fresh clone."""
+    target = config.getoption("benchmark_json", default=None)
+    if target:
+        Path(target).parent.mkdir(parents=True, exist_ok=True)
 
 
 @pytest.fixture(scope="session")

@@ -8,7 +8,7 @@ import pandas as pd
 import pytest
 import torch
 
-from rbpbench.cli import UsageError, main, parse_devices, parse_seeds, parse_truncations
+from rbpbench.cli import main
 from rbpbench.results import COLUMNS
 from tests.helpers import run_cli
 
@@ -55,6 +55,15 @@ def test_a_small_sweep_writes_both_files_and_prints_the_leaderboard(tmp_path: Pa
         (["--device", "tpu"], "unknown device 'tpu'"),
         (["--task-param", "colour=3"], "contractive-rnn has no parameter colour"),
         (["--method-param", "tol"], "--method-param takes KEY=VALUE"),
+        (["--suite", "nosuchsuite"], "unknown suite 'nosuchsuite'; valid: quick"),
+        (["--jobs", "0"], "--jobs must be a positive number"),
+        (["--timeout", "soon"], "--timeout must be a positive number"),
+        (["--fail-on", "error,meh"], "--fail-on: unknown status meh"),
+        (["--config", "/nonexistent.toml"], "--config /nonexistent.toml: No such file"),
+        (
+            ["-p", "no_such_plugin_module"],
+            "plugin module 'no_such_plugin_module' (-p) cannot be imported",
+        ),
     ],
 )
 def test_bad_input_is_one_line_exit_2_and_writes_nothing(
@@ -72,13 +81,32 @@ def test_the_console_script_exits_2_on_bad_input(tmp_path: Path) -> None:
     assert result.returncode == 2 and result.stderr.startswith("rbpbench: error: unknown task nope")
 
 
-def test_an_existing_results_folder_is_left_untouched(tmp_path: Path, capsys) -> None:
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        ("tasks = [", "does not parse as TOML"),
+        ('tasks = "contractive-rnn"\ncolour = "red"', "unknown keys colour"),
+        ("task_params = 3", "task_params must hold one table per name"),
+        ('[method_params.rbp]\nstart = "zeros"', "rbp has no parameter start"),
+    ],
+)
+def test_a_bad_config_file_is_exit_2(tmp_path: Path, capsys, text: str, message: str) -> None:
+    path = tmp_path / "sweep.toml"
+    path.write_text(text)
+    out = tmp_path / "never"
+    assert main(["run", "--config", str(path), "--out", str(out)]) == 2
+    lines = capsys.readouterr().err.strip().splitlines()
+    assert len(lines) == 1 and message in lines[0], lines
+    assert not out.exists()
+
+
+def test_a_folder_that_holds_something_else_is_left_untouched(tmp_path: Path, capsys) -> None:
     out = tmp_path / "old"
     out.mkdir()
-    (out / "results.csv").write_text("precious\n")
+    (out / "notes.txt").write_text("precious\n")
     assert main(["run", "--seeds", "0", "--truncation", "3", "--out", str(out)]) == 2
-    assert "not empty" in capsys.readouterr().err
-    assert (out / "results.csv").read_text() == "precious\n"
+    assert "holds no rbpbench results" in capsys.readouterr().err
+    assert [p.name for p in out.iterdir()] == ["notes.txt"]
 
 
 def test_list_names_every_method_and_task_with_its_distribution(capsys) -> None:
@@ -87,15 +115,3 @@ def test_list_names_every_method_and_task_with_its_distribution(capsys) -> None:
     for name in ("bptt", "tbptt", "rbp", "cg-rbp", "neumann-rbp", "contractive-rnn"):
         line = next(row for row in stdout.splitlines() if row.split()[:1] == [name])
         assert "rbpbench 0.1.0" in line
-
-
-def test_parsers() -> None:
-    assert parse_seeds("0-4") == [0, 1, 2, 3, 4]
-    assert parse_seeds("0-1,7,1") == [0, 1, 7]
-    assert parse_truncations("10,20,10") == [10, 20]
-    assert parse_devices("cpu,cuda:1") == ["cpu", "cuda:1"]
-    for bad in ("-1", "1-", ""):
-        with pytest.raises(UsageError):
-            parse_seeds(bad)
-    with pytest.raises(UsageError):
-        parse_devices("cuda:x")

@@ -1,58 +1,54 @@
-"""Cells that fail become rows with a status; the rest of the sweep goes on."""
+"""Running cells in-process: measurement, failure statuses, determinism."""
 
 from __future__ import annotations
 
 import math
-from pathlib import Path
+import os
 
 import torch
 
-from rbpbench import hookimpl
-from rbpbench.methods.unrolled import bptt
-from rbpbench.plugins import load_registry
-from rbpbench.problem import GradientResult, MethodSpec
-from rbpbench.results import ResultsFolder, read
-from rbpbench.runner import Cell, CellRunner, expand, run_sweep
+from rbpbench.cells import Cell, expand
+from rbpbench.plugins import PluginConfig, load_registry
+from rbpbench.runner import CellRunner
 
 
-def raising(problem, truncation, **_):
-    raise RuntimeError("solver exploded")
+def faulty_runner() -> CellRunner:
+    return CellRunner(load_registry(PluginConfig(modules=("tests.faulty_methods",))), "test")
 
 
-def not_a_number(problem, truncation, **_):
-    result = bptt(problem, truncation)
-    return GradientResult(
-        loss=result.loss,
-        grads_f=tuple(torch.full_like(g, math.nan) for g in result.grads_f),
-        grads_g=result.grads_g,
-        forward_residual=result.forward_residual,
-        backward_iterations=1,
+def cell(method: str, seed: int = 0, **task_params: object) -> Cell:
+    return Cell("contractive-rnn", method, 4, seed, "cpu", tuple(sorted(task_params.items())))
+
+
+def test_an_ok_row_holds_every_figure() -> None:
+    row = faulty_runner().run(cell("neumann-rbp", steps=150))
+    assert row["status"] == "ok" and row["error"] == ""
+    for key in ("grad_rel_error", "grad_rel_error_total", "grad_rel_error_exact"):
+        assert 0 < row[key] < 1, key
+    assert row["grad_rel_error_g"] < 1e-12  # the readout's gradient needs only h_T
+    assert 0.8 < row["spectral_radius"] < 0.9  # rho = 0.9 scaled down by tanh' at the fixed point
+    assert row["timing_repeats"] >= 1 and row["wall_time_s"] < row["cell_time_s"]
+    assert row["memory_method"] == "memray" and row["peak_memory_bytes"] > 0
+    assert len(row["cell_id"]) == 16 and row["worker"].endswith(f":{os.getpid()}")
+
+
+def test_exceptions_become_error_and_oom_rows() -> None:
+    runner = faulty_runner()
+    error = runner.run(cell("raises"))
+    assert error["status"] == "error"
+    assert error["error"].startswith("RuntimeError: solver exploded (at faulty_methods.py:")
+    assert runner.run(cell("exhausts-memory"))["status"] == "oom"
+    shape = runner.run(cell("wrong-shape"))
+    assert shape["status"] == "error"
+    assert (
+        "gradient 0 of w_F is (1024,) torch.float64 cpu; the parameter is (32, 32)"
+        in shape["error"]
     )
 
 
-class Faulty:
-    @hookimpl
-    def rbpbench_methods(self) -> list[MethodSpec]:
-        return [
-            MethodSpec("raises", raising, "always raises"),
-            MethodSpec("nan", not_a_number, "returns NaN gradients"),
-        ]
-
-
-def test_failing_cells_are_rows_and_the_sweep_completes(tmp_path: Path) -> None:
-    registry = load_registry(extra_plugins=[("faulty", Faulty())])
-    cells = expand(["contractive-rnn"], ["raises", "nan", "neumann-rbp"], [4], [0, 1], ["cpu"])
-    folder = ResultsFolder(tmp_path)
-    run_sweep(cells, CellRunner(registry), folder)
-    frame = read(tmp_path).set_index(["method", "seed"])
-    assert len(frame) == 6
-    assert frame.loc[("raises", 0), "status"] == "error"
-    assert frame.loc[("raises", 0), "error"].startswith(
-        "RuntimeError: solver exploded (at test_runner.py:"
-    )
-    assert frame.loc[("nan", 1), "status"] == "diverged"
-    assert (frame.xs("neumann-rbp").status == "ok").all()
-    assert frame.loc[("raises", 0), "method_distribution"] == "faulty local"
+def test_non_finite_gradients_are_a_diverged_row() -> None:
+    row = faulty_runner().run(cell("nan"))
+    assert row["status"] == "diverged" and "non-finite" in row["error"]
 
 
 def same(a: float, b: float) -> bool:
@@ -60,21 +56,36 @@ def same(a: float, b: float) -> bool:
 
 
 def test_the_same_cell_twice_gives_identical_numbers(registry) -> None:
-    runner = CellRunner(registry)
+    runner = CellRunner(registry, "test")
     for method in ("bptt", "tbptt", "rbp", "cg-rbp", "neumann-rbp"):
-        cell = Cell("contractive-rnn", method, 7, 3, "cpu")
+        c = Cell("contractive-rnn", method, 7, 3, "cpu")
         compute = registry.method(method).compute
-        first, second = compute(runner.problem(cell), 7), compute(runner.problem(cell), 7)
+        first, second = compute(runner.problem(c), 7), compute(runner.problem(c), 7)
         assert first.loss == second.loss
         for a, b in zip(
             first.grads_f + first.grads_g, second.grads_f + second.grads_g, strict=True
         ):
             assert torch.equal(a, b), method
-        row_a, row_b = runner.run(cell), runner.run(cell)
-        for key in ("loss", "grad_rel_error", "grad_rel_error_exact", "backward_residual"):
+        row_a, row_b = runner.run(c), runner.run(c)
+        for key in (
+            "loss",
+            "grad_rel_error",
+            "grad_rel_error_exact",
+            "backward_residual",
+            "spectral_radius",
+        ):
             assert same(row_a[key], row_b[key]), (method, key)
+        assert row_a["cell_id"] == row_b["cell_id"]
 
 
 def test_cells_are_task_and_seed_major() -> None:
     cells = expand(["a"], ["m1", "m2"], [1, 2], [0, 1], ["cpu"])
     assert [c.seed for c in cells] == [0] * 4 + [1] * 4
+
+
+def test_cuda_cells_without_cuda_are_skipped_rows(registry) -> None:
+    row = CellRunner(registry, "test").run(Cell("contractive-rnn", "bptt", 1, 0, "cuda:7"))
+    if not torch.cuda.is_available():
+        assert row["status"] == "skipped" and "CUDA is not available" in row["error"]
+    else:
+        assert row["status"] == "skipped" and "does not exist" in row["error"]

@@ -1,0 +1,102 @@
+"""Cells: the unit of a sweep, their identity, and the identity columns of their rows."""
+
+from __future__ import annotations
+
+import hashlib
+import itertools
+import json
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+
+import rbpbench
+from rbpbench.plugins import Registry
+from rbpbench.results import empty_row
+
+
+@dataclass(frozen=True)
+class Cell:
+    """One (task, method, truncation, seed, device) with the parameters given by the user."""
+
+    task: str
+    method: str
+    truncation: int
+    seed: int
+    device: str
+    task_params: tuple[tuple[str, Any], ...] = ()
+    method_params: tuple[tuple[str, Any], ...] = ()
+
+
+def expand(
+    tasks: Sequence[str],
+    methods: Sequence[str],
+    truncations: Sequence[int],
+    seeds: Sequence[int],
+    devices: Sequence[str],
+    task_params: Mapping[str, Mapping[str, Any]] | None = None,
+    method_params: Mapping[str, Mapping[str, Any]] | None = None,
+) -> list[Cell]:
+    """Every combination, task- and seed-major so that cells sharing a BPTT reference run together."""
+    task_params, method_params = task_params or {}, method_params or {}
+    return [
+        Cell(
+            task,
+            method,
+            k,
+            seed,
+            device,
+            tuple(sorted(task_params.get(task, {}).items())),
+            tuple(sorted(method_params.get(method, {}).items())),
+        )
+        for task, device, seed, method, k in itertools.product(
+            tasks, devices, seeds, methods, truncations
+        )
+    ]
+
+
+def identity_row(cell: Cell, registry: Registry, run_id: str) -> dict[str, Any]:
+    """The columns that say which cell a row is, and the cell's id.
+
+    The id hashes everything that makes two cells the same experiment: task and
+    its parameters, method and its parameters, truncation, seed, device, dtype,
+    and the versions of rbpbench and of the plugins providing task and method.
+    """
+    task_spec, task_origin = registry.tasks[cell.task]
+    method_spec, method_origin = registry.methods[cell.method]
+    row = empty_row()
+    row.update(
+        run_id=run_id,
+        task=cell.task,
+        task_params=json.dumps({**task_spec.defaults, **dict(cell.task_params)}, sort_keys=True),
+        method=cell.method,
+        method_params=json.dumps(
+            {**method_spec.defaults, **dict(cell.method_params)}, sort_keys=True
+        ),
+        truncation=cell.truncation,
+        seed=cell.seed,
+        device=cell.device,
+        dtype=str(task_spec.dtype).removeprefix("torch."),
+        error="",
+        torch_version=torch.__version__,
+        rbpbench_version=rbpbench.__version__,
+        method_distribution=str(method_origin),
+        task_distribution=str(task_origin),
+    )
+    keys = [
+        "task",
+        "task_params",
+        "method",
+        "method_params",
+        "truncation",
+        "seed",
+        "device",
+        "dtype",
+        "rbpbench_version",
+        "method_distribution",
+        "task_distribution",
+    ]
+    fingerprint = json.dumps([row[k] for k in keys], sort_keys=True)
+    row["cell_id"] = hashlib.sha256(fingerprint.encode()).hexdigest()[:16]
+    return row

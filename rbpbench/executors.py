@@ -1,0 +1,175 @@
+"""Where cells run: behind one small interface, so another engine can replace the local pool.
+
+An executor takes cells and calls ``on_row`` with one row per cell, whatever
+happens to the cell: the row of a cell whose worker had to be killed at the
+time limit says ``timeout``; one whose worker died says ``crashed``.
+"""
+
+from __future__ import annotations
+
+import multiprocessing as mp
+import os
+import signal
+import time
+from collections import deque
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from multiprocessing.connection import Connection, wait
+from typing import Any, Protocol
+
+from rbpbench.cells import Cell, identity_row
+from rbpbench.plugins import PluginConfig, Registry, load_registry
+from rbpbench.results import CRASHED, TIMEOUT
+
+RowCallback = Callable[[dict[str, Any]], None]
+
+
+class Executor(Protocol):
+    def run(self, cells: Sequence[Cell], on_row: RowCallback) -> None: ...
+
+
+@dataclass(frozen=True)
+class WorkerSetup:
+    """Everything a fresh worker process needs, picklable for the spawn start method."""
+
+    plugins: PluginConfig
+    run_id: str
+    threads: int
+
+
+def worker_main(setup: WorkerSetup, connection: Connection) -> None:
+    """A worker's life: load the plugins once, then run the cells it is sent, one at a time."""
+    import torch
+
+    from rbpbench.runner import CellRunner
+
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # the parent handles Ctrl-C and stops us
+    torch.set_num_threads(setup.threads)
+    runner = CellRunner(load_registry(setup.plugins, warn=False), setup.run_id)
+    connection.send(("ready", None))
+    while True:
+        cell = connection.recv()
+        if cell is None:
+            return
+        connection.send(("row", runner.run(cell)))
+
+
+def signal_name(exitcode: int | None) -> str:
+    if exitcode is None:
+        return "unknown"
+    if exitcode < 0:
+        try:
+            return f"killed by {signal.Signals(-exitcode).name}"
+        except ValueError:
+            return f"killed by signal {-exitcode}"
+    return f"exit status {exitcode}"
+
+
+@dataclass
+class Worker:
+    process: Any
+    connection: Connection
+    ready: bool = False
+    cell: Cell | None = None
+    started: float = 0.0
+    deadline: float = float("inf")
+
+
+@dataclass
+class LocalPool:
+    """``jobs`` spawned worker processes with a hard time limit per cell.
+
+    Spawned rather than forked, so that CUDA works in the workers. A worker at
+    its time limit is killed and replaced; so is one that dies. Torch threads
+    are split between the workers so that they do not oversubscribe the cores.
+    """
+
+    registry: Registry
+    plugins: PluginConfig
+    run_id: str
+    jobs: int = 1
+    timeout: float | None = None
+    _context: Any = field(default_factory=lambda: mp.get_context("spawn"))
+
+    def _start(self) -> Worker:
+        threads = max(1, (os.cpu_count() or 1) // self.jobs)
+        parent, child = self._context.Pipe()
+        process = self._context.Process(
+            target=worker_main,
+            args=(WorkerSetup(self.plugins, self.run_id, threads), child),
+            daemon=True,
+        )
+        process.start()
+        child.close()
+        return Worker(process, parent)
+
+    def _failure_row(self, cell: Cell, status: str, error: str, started: float) -> dict[str, Any]:
+        row = identity_row(cell, self.registry, self.run_id)
+        row.update(status=status, error=error, cell_time_s=time.monotonic() - started)
+        return row
+
+    def run(self, cells: Sequence[Cell], on_row: RowCallback) -> None:
+        pending = deque(cells)
+        workers = [self._start() for _ in range(min(self.jobs, len(pending)))]
+        try:
+            while pending or any(w.cell for w in workers):
+                for w in workers:
+                    if w.ready and w.cell is None and pending:
+                        w.cell = pending.popleft()
+                        w.started = time.monotonic()
+                        w.deadline = w.started + (self.timeout or float("inf"))
+                        w.connection.send(w.cell)
+                next_deadline = min((w.deadline for w in workers), default=float("inf"))
+                wait_for = max(0.0, min(next_deadline - time.monotonic(), 1.0))
+                wait(
+                    [w.connection for w in workers] + [w.process.sentinel for w in workers],
+                    wait_for,
+                )
+                workers = [self._service(w, on_row) for w in workers]
+        finally:
+            for w in workers:
+                self._stop(w)
+
+    def _service(self, w: Worker, on_row: RowCallback) -> Worker:
+        """Collect what a worker has to say; replace it if it died or ran out of time."""
+        try:
+            while w.connection.poll():
+                kind, payload = w.connection.recv()
+                if kind == "ready":
+                    w.ready = True
+                elif kind == "row":
+                    w.cell, w.deadline = None, float("inf")
+                    on_row(payload)
+        except (EOFError, OSError):
+            pass
+        if w.cell is not None and not w.process.is_alive():
+            error = f"the worker process died while running the cell ({signal_name(w.process.exitcode)})"
+            on_row(self._failure_row(w.cell, CRASHED, error, w.started))
+            return self._replace(w)
+        if w.cell is not None and time.monotonic() > w.deadline:
+            error = f"no result within the time limit of {self.timeout:g} s; the worker was killed"
+            on_row(self._failure_row(w.cell, TIMEOUT, error, w.started))
+            return self._replace(w)
+        if w.cell is None and not w.ready and not w.process.is_alive():
+            raise RuntimeError(
+                f"a worker process failed to start ({signal_name(w.process.exitcode)})"
+            )
+        return w
+
+    def _replace(self, w: Worker) -> Worker:
+        self._stop(w)
+        return self._start()
+
+    @staticmethod
+    def _stop(w: Worker) -> None:
+        """An idle worker is asked to exit; a busy or unresponsive one is killed."""
+        if w.process.is_alive() and w.cell is None and w.ready:
+            try:
+                w.connection.send(None)
+                w.process.join(timeout=2)
+            except (BrokenPipeError, OSError):
+                pass
+        if w.process.is_alive():
+            w.process.kill()
+        w.process.join(timeout=5)
+        w.connection.close()

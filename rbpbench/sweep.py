@@ -1,0 +1,98 @@
+"""A sweep: the cells a command asks for, minus those already finished in its folder, run and stored."""
+
+from __future__ import annotations
+
+import json
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+
+from rbpbench.cells import Cell, expand, identity_row
+from rbpbench.config import SweepSettings, UsageError
+from rbpbench.environment import capture_environment
+from rbpbench.executors import Executor, LocalPool
+from rbpbench.plugins import PluginConfig, Registry
+from rbpbench.results import ResultsFolder, atomic_write
+
+
+def plan_cells(settings: SweepSettings) -> list[Cell]:
+    return expand(
+        settings.tasks,
+        settings.methods,
+        settings.truncations,
+        settings.seeds,
+        settings.devices,
+        settings.task_params,
+        settings.method_params,
+    )
+
+
+def open_results(out: Path) -> ResultsFolder:
+    """The results folder to write: a new one, or an earlier sweep's to resume. Never a stranger's."""
+    if out.exists() and not out.is_dir():
+        raise UsageError(f"--out {out} is a file, not a folder")
+    if out.is_dir() and any(out.iterdir()) and not (out / "results.parquet").exists():
+        raise UsageError(
+            f"--out {out} is not empty and holds no rbpbench results; choose a new folder"
+        )
+    try:
+        return ResultsFolder(out)
+    except (ValueError, OSError) as exc:
+        raise UsageError(f"--out {out}: cannot resume: {exc}") from None
+
+
+def record_environment(out: Path, run_id: str, registry: Registry) -> None:
+    """Add this run's environment to ``<out>/environment.json`` (one entry per run id)."""
+    versions = {
+        origin.plugin: f"{origin.distribution} {origin.version}"
+        for _, origin in [*registry.methods.values(), *registry.tasks.values()]
+    }
+    path = out / "environment.json"
+    runs: dict[str, Any] = json.loads(path.read_text())["runs"] if path.exists() else {}
+    runs[run_id] = capture_environment(run_id, versions)
+    out.mkdir(parents=True, exist_ok=True)
+    atomic_write(path, lambda p: p.write_text(json.dumps({"runs": runs}, indent=2, default=str)))
+
+
+@dataclass
+class Sweep:
+    settings: SweepSettings
+    registry: Registry
+    plugins: PluginConfig
+    out: Path
+    retry_failed: bool = False
+
+    plan = staticmethod(plan_cells)
+
+    def __post_init__(self) -> None:
+        self.run_id = uuid.uuid4().hex[:12]
+        self.cells = plan_cells(self.settings)
+        self.ids = [identity_row(c, self.registry, self.run_id)["cell_id"] for c in self.cells]
+        self.results = open_results(self.out)
+        done = self.results.finished(retry_failed=self.retry_failed)
+        self.todo = [c for c, i in zip(self.cells, self.ids, strict=True) if i not in done]
+
+    def executor(self) -> Executor:
+        return LocalPool(
+            self.registry, self.plugins, self.run_id, self.settings.jobs, self.settings.timeout
+        )
+
+    def run(self, on_row: Callable[[dict[str, Any]], None] = lambda row: None) -> None:
+        record_environment(self.out, self.run_id, self.registry)
+        self.results.flush()
+
+        def store(row: dict[str, Any]) -> None:
+            self.results.append(row)
+            on_row(row)
+
+        if self.todo:
+            self.executor().run(self.todo, store)
+
+    def frame(self) -> pd.DataFrame:
+        """This command's cells (finished earlier or now), in the order of the plan."""
+        frame = self.results.frame().set_index("cell_id", drop=False)
+        return frame.loc[[i for i in self.ids if i in frame.index]].reset_index(drop=True)
