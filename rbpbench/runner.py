@@ -80,7 +80,7 @@ def spectral_radius_at_end(problem: Problem, iterations: int) -> float:
 class CellRunner:
     registry: Registry
     run_id: str
-    power_iterations: int = 50
+    power_iterations: int = 100
     _references: dict[tuple[Any, ...], References] = field(default_factory=dict)
 
     def problem(self, cell: Cell) -> Problem:
