@@ -115,3 +115,15 @@ def test_list_names_every_method_and_task_with_its_distribution(capsys) -> None:
     for name in ("bptt", "tbptt", "rbp", "cg-rbp", "neumann-rbp", "contractive-rnn"):
         line = next(row for row in stdout.splitlines() if row.split()[:1] == [name])
         assert "rbpbench 0.1.0" in line
+
+
+def test_bad_input_leaves_an_earlier_sweeps_folder_byte_for_byte(tmp_path: Path, capsys) -> None:
+    out = tmp_path / "earlier"
+    assert (
+        main(["run", "--methods", "bptt", "--seeds", "0", "--truncation", "2", "--out", str(out)])
+        == 0
+    )
+    before = {p.name: p.read_bytes() for p in out.iterdir()}
+    for bad in (["--truncation", "-3"], ["--device", "gpu"], ["--tasks", "x"], ["--seeds", "2-1"]):
+        assert main(["run", *bad, "--out", str(out)]) == 2
+    assert {p.name: p.read_bytes() for p in out.iterdir()} == before
