@@ -10,6 +10,7 @@ from __future__ import annotations
 import multiprocessing as mp
 import os
 import signal
+import threading
 import time
 from collections import deque
 from collections.abc import Callable, Sequence
@@ -37,6 +38,17 @@ class WorkerSetup:
     threads: int
 
 
+def exit_when_orphaned(parent: int, interval: float = 1.0) -> None:
+    """End this worker soon after its driver dies (even by SIGKILL), instead of finishing a cell nobody will read."""
+
+    def watch() -> None:
+        while os.getppid() == parent:
+            time.sleep(interval)
+        os._exit(1)
+
+    threading.Thread(target=watch, name="orphan-watch", daemon=True).start()
+
+
 def worker_main(setup: WorkerSetup, connection: Connection) -> None:
     """A worker's life: load the plugins once, then run the cells it is sent, one at a time."""
     import torch
@@ -44,14 +56,15 @@ def worker_main(setup: WorkerSetup, connection: Connection) -> None:
     from rbpbench.runner import CellRunner
 
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the parent handles Ctrl-C and stops us
+    exit_when_orphaned(os.getppid())
     torch.set_num_threads(setup.threads)
     runner = CellRunner(load_registry(setup.plugins, warn=False), setup.run_id)
-    connection.send(("ready", None))
-    while True:
-        cell = connection.recv()
-        if cell is None:
-            return
-        connection.send(("row", runner.run(cell)))
+    try:
+        connection.send(("ready", None))
+        while (cell := connection.recv()) is not None:
+            connection.send(("row", runner.run(cell)))
+    except (EOFError, BrokenPipeError):
+        return  # the driver is gone (killed or interrupted): nothing is left to report to
 
 
 def signal_name(exitcode: int | None) -> str:

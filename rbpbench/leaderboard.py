@@ -15,15 +15,27 @@ def _mean_spread(values: pd.Series, fmt: str) -> str:
 
 
 def pivot(frame: pd.DataFrame, metric: str, fmt: str, scale: float = 1.0) -> pd.DataFrame:
-    ok = frame[frame.status == "ok"].copy()
-    ok[metric] = ok[metric] * scale
+    """Mean ± sd over the cells that have the figure (a failed cell has none)."""
+    values = frame[["method", "truncation"]].assign(value=frame[metric].astype("float64") * scale)
     methods = list(dict.fromkeys(frame.method))
     table = (
-        ok.groupby(["method", "truncation"])[metric]
+        values.groupby(["method", "truncation"])["value"]
         .apply(lambda s: _mean_spread(s, fmt))
         .unstack("truncation")
     )
     return table.reindex(methods).fillna("-")
+
+
+def success_rate(frame: pd.DataFrame) -> pd.DataFrame:
+    """Percentage of cells that succeeded, out of all cells: a failed cell counts as a failure."""
+    methods = list(dict.fromkeys(frame.method))
+    counts = frame.assign(hit=frame.success.fillna(False).astype(bool)).groupby(
+        ["method", "truncation"]
+    )["hit"]
+    table = (counts.mean() * 100).map(lambda v: f"{v:.0f}%") + counts.size().map(
+        lambda n: f" of {n}"
+    )
+    return table.unstack("truncation").reindex(methods).fillna("-")
 
 
 def failures(frame: pd.DataFrame) -> pd.DataFrame:
@@ -39,8 +51,19 @@ def render(frame: pd.DataFrame) -> str:
         error_name = "vs exact gradient" if has_exact else "vs BPTT"
         seeds = rows.seed.nunique()
         header = f"== {task}: {len(rows)} cells, {seeds} seed(s), mean ± sd over seeds =="
-        sections = [
-            (f"relative gradient error {error_name}", pivot(rows, error_metric, ".2e")),
+        trains = bool(rows.success.notna().any())
+        sections = []
+        if trains:
+            sections += [
+                ("success rate (failed cells count as failures)", success_rate(rows)),
+                ("final training loss", pivot(rows, "train_loss_final", ".3g")),
+            ]
+        if rows.retrieval_error.notna().any():
+            title = "retrieval error (fraction of wrong pixels)"
+            sections.append((title, pivot(rows, "retrieval_error", ".3f")))
+        where = " at the initial parameters" if trains else ""
+        sections += [
+            (f"relative gradient error {error_name}{where}", pivot(rows, error_metric, ".2e")),
             ("gradient cosine vs BPTT", pivot(rows, "grad_cosine", ".4f")),
             ("wall time (ms)", pivot(rows, "wall_time_s", ".3g", 1e3)),
             ("peak memory (KiB)", pivot(rows, "peak_memory_bytes", ".4g", 1 / 1024)),

@@ -103,6 +103,8 @@ def spectral_radius(
 
 
 def _flat(tensors: Sequence[Tensor]) -> Tensor:
+    if not tensors:
+        return torch.zeros(0, dtype=torch.float64)
     return torch.cat([t.detach().reshape(-1).to(torch.float64) for t in tensors])
 
 

@@ -75,6 +75,44 @@ class GradientMethod(Protocol):
     ) -> GradientResult: ...
 
 
+@dataclass
+class TrainingRun:
+    """What a training task's ``train`` receives: the cell's method, bound to its truncation.
+
+    ``gradient(problem)`` is the method under test; ``reference(problem)`` is
+    BPTT, for gradient-error probes during training. ``params`` are the task's
+    parameters (defaults merged), as ``build`` receives them.
+    """
+
+    seed: int
+    device: torch.device
+    dtype: torch.dtype
+    params: dict[str, Any]
+    gradient: Callable[[Problem], GradientResult]
+    reference: Callable[[Problem], GradientResult]
+
+
+@dataclass
+class TrainingOutcome:
+    """What a training run reports.
+
+    ``metrics`` fill the results table's training columns (``train_loss_initial``,
+    ``train_loss_final``, ``success``, ``retrieval_error``, ``val_accuracy``,
+    ``test_accuracy``, ``epochs``); other keys land in its ``extra_metrics``
+    JSON. ``curves`` (name -> values per epoch or step) are stored beside the
+    table, one file per cell. ``diverged`` marks a run whose loss or
+    parameters became NaN or Inf.
+    """
+
+    metrics: dict[str, Any]
+    curves: dict[str, list[float]] = field(default_factory=dict)
+    diverged: bool = False
+
+
+class Trainer(Protocol):
+    def __call__(self, run: TrainingRun) -> TrainingOutcome: ...
+
+
 class ProblemBuilder(Protocol):
     def __call__(
         self, *, seed: int, device: torch.device, dtype: torch.dtype, **params: Any
@@ -98,10 +136,17 @@ class MethodSpec:
 
 @dataclass(frozen=True)
 class TaskSpec:
-    """A task as a plugin contributes it: a builder of problems plus defaults."""
+    """A task as a plugin contributes it: a builder of problems plus defaults.
+
+    Every task builds a :class:`Problem` (its gradient at the initial
+    parameters is what every cell measures). A task that also trains, as the
+    paper's three experiments do, gives ``train``: one cell is then one
+    training run with the cell's method as the gradient estimator.
+    """
 
     name: str
     build: ProblemBuilder
     summary: str
     defaults: Mapping[str, Any] = field(default_factory=dict)
     dtype: torch.dtype = torch.float32
+    train: Trainer | None = None

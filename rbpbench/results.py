@@ -57,6 +57,15 @@ COLUMNS: dict[str, str] = {
     "peak_memory_bytes": "peak memory of the gradient computation above the baseline (memory pass)",
     "memory_method": "how peak_memory_bytes was measured: memray or cuda-allocator",
     "cell_time_s": "wall time of the whole cell: problem, references, all passes",
+    "train_loss_initial": "training tasks: loss before the first update",
+    "train_loss_final": "training tasks: loss after the last update",
+    "success": "training tasks: the task's success criterion (hopfield: final loss < 50% of initial)",
+    "retrieval_error": "hopfield: fraction of wrong output pixels retrieving the clean images from corrupted ones",
+    "val_accuracy": "best validation accuracy (classification tasks)",
+    "test_accuracy": "test accuracy at the epoch of best validation accuracy",
+    "epochs": "training epochs (or meta steps) run",
+    "train_time_s": "wall time of the training run",
+    "extra_metrics": "other task metrics as JSON",
     "forward_residual": "||h_T - h_{T-1}||",
     "backward_iterations": "backward steps or solver iterations actually taken",
     "backward_residual": "||(I - J^T) z - g|| of the adjoint used (NaN without one)",
@@ -72,7 +81,9 @@ INTEGER_COLUMNS = (
     "backward_iterations",
     "peak_memory_bytes",
     "timing_repeats",
+    "epochs",
 )
+BOOLEAN_COLUMNS = ("success",)
 FLOAT_COLUMNS = (
     "loss",
     "grad_rel_error",
@@ -84,9 +95,35 @@ FLOAT_COLUMNS = (
     "spectral_radius",
     "wall_time_s",
     "cell_time_s",
+    "train_loss_initial",
+    "train_loss_final",
+    "retrieval_error",
+    "val_accuracy",
+    "test_accuracy",
+    "train_time_s",
     "forward_residual",
     "backward_residual",
 )
+
+
+# Columns a training task's metrics may fill directly.
+TRAINING_COLUMNS = (
+    "train_loss_initial",
+    "train_loss_final",
+    "success",
+    "retrieval_error",
+    "val_accuracy",
+    "test_accuracy",
+    "epochs",
+)
+
+# A row may carry its curves under this key on its way to the store; they are
+# written to <out>/curves/<cell_id>.parquet (columns curve, step, value).
+CURVES_KEY = "_curves"
+
+
+def read_curves(folder: Path, cell_id: str) -> pd.DataFrame:
+    return pd.read_parquet(folder / "curves" / f"{cell_id}.parquet")
 
 
 def empty_row() -> dict[str, Any]:
@@ -99,7 +136,9 @@ def to_frame(rows: Sequence[Mapping[str, Any]]) -> pd.DataFrame:
         frame[column] = pd.to_numeric(frame[column]).astype("Int64")
     for column in FLOAT_COLUMNS:
         frame[column] = pd.to_numeric(frame[column]).astype("float64")
-    for column in set(COLUMNS) - set(INTEGER_COLUMNS) - set(FLOAT_COLUMNS):
+    for column in BOOLEAN_COLUMNS:
+        frame[column] = frame[column].astype("boolean")
+    for column in set(COLUMNS) - set(INTEGER_COLUMNS) - set(FLOAT_COLUMNS) - set(BOOLEAN_COLUMNS):
         frame[column] = frame[column].astype("string")
     return frame
 
@@ -146,9 +185,29 @@ class ResultsFolder:
             if not (retry_failed and row["status"] in FAILED)
         }
 
+    @property
+    def curves(self) -> Path:
+        return self.folder / "curves"
+
     def append(self, row: Mapping[str, Any]) -> None:
-        self.rows[str(row["cell_id"])] = dict(row)
+        """Store a finished cell: its curves first, so a row on disk always has its curves."""
+        row = dict(row)
+        curves = row.pop(CURVES_KEY, None)
+        if curves:
+            self.write_curves(str(row["cell_id"]), curves)
+        self.rows[str(row["cell_id"])] = row
         self.flush()
+
+    def write_curves(self, cell_id: str, curves: Mapping[str, Sequence[float]]) -> None:
+        self.curves.mkdir(parents=True, exist_ok=True)
+        frame = pd.DataFrame(
+            [
+                {"curve": name, "step": step, "value": float(value)}
+                for name, values in curves.items()
+                for step, value in enumerate(values)
+            ]
+        )
+        atomic_write(self.curves / f"{cell_id}.parquet", lambda p: frame.to_parquet(p, index=False))
 
     def flush(self) -> None:
         self.folder.mkdir(parents=True, exist_ok=True)

@@ -10,6 +10,7 @@ loss, state or gradient becomes ``diverged``.
 
 from __future__ import annotations
 
+import json
 import math
 import os
 import socket
@@ -24,11 +25,12 @@ from torch import Tensor
 
 from rbpbench import measure
 from rbpbench.cells import Cell, identity_row
+from rbpbench.data import DatasetUnavailable
 from rbpbench.forward import LastStep, run_without_graph
 from rbpbench.methods.unrolled import bptt
 from rbpbench.plugins import Registry
-from rbpbench.problem import GradientResult, Problem
-from rbpbench.results import DIVERGED, ERROR, OK, OOM, SKIPPED
+from rbpbench.problem import GradientResult, Problem, TrainingRun
+from rbpbench.results import CURVES_KEY, DIVERGED, ERROR, OK, OOM, SKIPPED, TRAINING_COLUMNS
 
 
 def device_unavailable(device: str) -> str | None:
@@ -118,6 +120,10 @@ class CellRunner:
             return row
         try:
             row.update(self._measure(cell))
+            if row["status"] == OK and self.registry.task(cell.task).train is not None:
+                row.update(self._train(cell))
+        except DatasetUnavailable as exc:
+            row.update(status=SKIPPED, error=str(exc))
         except Exception as exc:
             row.update(
                 status=OOM if is_out_of_memory(exc) else ERROR, error=describe_exception(exc)
@@ -155,7 +161,9 @@ class CellRunner:
             "status": OK,
             "grad_rel_error": measure.relative_error(result.grads_f, refs.bptt_f),
             "grad_cosine": measure.cosine(result.grads_f, refs.bptt_f),
-            "grad_rel_error_g": measure.relative_error(result.grads_g, refs.bptt_g),
+            "grad_rel_error_g": (
+                measure.relative_error(result.grads_g, refs.bptt_g) if refs.bptt_g else math.nan
+            ),
             "grad_rel_error_total": measure.relative_error(both, refs.bptt_f + refs.bptt_g),
             "grad_cosine_total": measure.cosine(both, refs.bptt_f + refs.bptt_g),
             "grad_rel_error_exact": (
@@ -167,6 +175,39 @@ class CellRunner:
             "peak_memory_bytes": memory.peak_bytes,
             "memory_method": memory.method,
         }
+
+    def _train(self, cell: Cell) -> dict[str, Any]:
+        """One training run with the cell's method as the gradient estimator."""
+        task = self.registry.task(cell.task)
+        assert task.train is not None
+        method = self.registry.method(cell.method)
+        params = {**method.defaults, **dict(cell.method_params)}
+
+        def gradient(problem: Problem) -> GradientResult:
+            return method.compute(problem, cell.truncation, diagnostics=False, **params)
+
+        start = time.perf_counter()
+        outcome = task.train(
+            TrainingRun(
+                seed=cell.seed,
+                device=torch.device(cell.device),
+                dtype=task.dtype,
+                params={**task.defaults, **dict(cell.task_params)},
+                gradient=gradient,
+                reference=lambda problem: bptt(problem, 0, diagnostics=False),
+            )
+        )
+        figures = {k: v for k, v in outcome.metrics.items() if k in TRAINING_COLUMNS}
+        extra = {k: v for k, v in outcome.metrics.items() if k not in TRAINING_COLUMNS}
+        row = {
+            **figures,
+            "extra_metrics": json.dumps(extra, sort_keys=True, default=float),
+            "train_time_s": time.perf_counter() - start,
+            CURVES_KEY: outcome.curves,
+        }
+        if outcome.diverged:
+            row.update(status=DIVERGED, error="training diverged: non-finite loss or parameters")
+        return row
 
 
 def check_result(result: GradientResult, problem: Problem) -> None:

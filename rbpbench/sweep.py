@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import fcntl
 import json
+import os
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -31,11 +34,19 @@ def plan_cells(settings: SweepSettings) -> list[Cell]:
     )
 
 
+# What a sweep writes before its first row: a folder holding only these is one to resume.
+OWN_FILES = {".lock", "environment.json", "results.parquet", "results.csv"}
+
+
 def open_results(out: Path) -> ResultsFolder:
     """The results folder to write: a new one, or an earlier sweep's to resume. Never a stranger's."""
     if out.exists() and not out.is_dir():
         raise UsageError(f"--out {out} is a file, not a folder")
-    if out.is_dir() and any(out.iterdir()) and not (out / "results.parquet").exists():
+    if (
+        out.is_dir()
+        and any(p.name not in OWN_FILES for p in out.iterdir())
+        and not (out / "results.parquet").exists()
+    ):
         raise UsageError(
             f"--out {out} is not empty and holds no rbpbench results; choose a new folder"
         )
@@ -43,6 +54,26 @@ def open_results(out: Path) -> ResultsFolder:
         return ResultsFolder(out)
     except (ValueError, OSError) as exc:
         raise UsageError(f"--out {out}: cannot resume: {exc}") from None
+
+
+@contextmanager
+def exclusive_writer(out: Path) -> Iterator[None]:
+    """Hold ``<out>/.lock`` for the sweep: two sweeps writing one folder would lose each other's rows."""
+    out.mkdir(parents=True, exist_ok=True)
+    with open(out / ".lock", "a+") as handle:
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            handle.seek(0)
+            raise UsageError(
+                f"--out {out} is being written by another rbpbench run ({handle.read().strip()}); "
+                "wait for it or choose another folder"
+            ) from None
+        handle.seek(0)
+        handle.truncate()
+        handle.write(f"pid {os.getpid()}")
+        handle.flush()
+        yield
 
 
 def record_environment(out: Path, run_id: str, registry: Registry) -> None:
@@ -82,15 +113,16 @@ class Sweep:
         )
 
     def run(self, on_row: Callable[[dict[str, Any]], None] = lambda row: None) -> None:
-        record_environment(self.out, self.run_id, self.registry)
-        self.results.flush()
+        with exclusive_writer(self.out):
+            record_environment(self.out, self.run_id, self.registry)
+            self.results.flush()
 
-        def store(row: dict[str, Any]) -> None:
-            self.results.append(row)
-            on_row(row)
+            def store(row: dict[str, Any]) -> None:
+                self.results.append(row)
+                on_row(row)
 
-        if self.todo:
-            self.executor().run(self.todo, store)
+            if self.todo:
+                self.executor().run(self.todo, store)
 
     def frame(self) -> pd.DataFrame:
         """This command's cells (finished earlier or now), in the order of the plan."""

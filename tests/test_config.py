@@ -56,9 +56,17 @@ def test_layers_later_wins_and_parameter_tables_merge(registry) -> None:
 
 
 def test_dry_run_with_suite_and_overriding_flags(capsys) -> None:
-    assert (
-        main(["run", "--suite", "quick", "--methods", "bptt,rbp", "--seeds", "4", "--dry-run"]) == 0
-    )
+    args = [
+        "--suite",
+        "quick",
+        "--tasks",
+        "contractive-rnn",
+        "--methods",
+        "bptt,rbp",
+        "--seeds",
+        "4",
+    ]
+    assert main(["run", *args, "--dry-run"]) == 0
     lines = capsys.readouterr().out.strip().splitlines()
     assert lines[-1] == "4 cells"  # 2 methods x 2 truncations (quick) x 1 seed
     assert lines[0].startswith("contractive-rnn bptt K=5 seed=4 cpu")

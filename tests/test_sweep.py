@@ -106,3 +106,50 @@ def test_a_sweep_killed_with_sigkill_resumes_without_redoing_finished_cells(tmp_
     first_run = final.set_index("cell_id").loc[killed.cell_id, "run_id"]
     assert (first_run == killed.set_index("cell_id").run_id).all()  # finished cells were not redone
     assert len(pd.read_csv(out / "results.csv")) == 40
+
+
+def test_a_second_sweep_on_a_folder_in_use_is_refused(tmp_path: Path) -> None:
+    out = tmp_path / "run"
+    args = ["run", "--methods", "bptt", "--truncation", "1", "--seeds", "0-3", "--out", str(out)]
+    first = subprocess.Popen(
+        [sys.executable, "-m", "rbpbench", *args],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,
+    )
+    try:
+        deadline = time.monotonic() + 60
+        while rows_on_disk(out) < 1 and time.monotonic() < deadline:
+            time.sleep(0.05)
+        second = run_cli(*args)
+        assert second.returncode == 2
+        assert "is being written by another rbpbench run (pid" in second.stderr
+    finally:
+        os.killpg(first.pid, signal.SIGKILL)
+        first.wait()
+    assert run_cli(*args).returncode == 0  # a dead writer's lock does not outlive it
+
+
+def test_workers_end_soon_after_their_driver_is_killed(tmp_path: Path) -> None:
+    out = tmp_path / "run"
+    driver = subprocess.Popen(
+        [sys.executable, "-m", "rbpbench", "run", "--methods", "bptt", "--truncation", "1",
+         "--seeds", "0-40", "--jobs", "2", "--out", str(out)],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,
+    )  # fmt: skip
+    deadline = time.monotonic() + 60
+    while rows_on_disk(out) < 1 and time.monotonic() < deadline:
+        time.sleep(0.05)
+    os.kill(driver.pid, signal.SIGKILL)  # the driver alone: its workers are orphaned
+    driver.wait()
+    deadline = time.monotonic() + 20
+    while time.monotonic() < deadline:
+        try:
+            os.killpg(driver.pid, 0)  # anything left of the session?
+        except ProcessLookupError:
+            return
+        time.sleep(0.2)
+    os.killpg(driver.pid, signal.SIGKILL)
+    pytest.fail("worker processes outlived their driver by 20 s")

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 import torch
 
 from rbpbench.hookspecs import hookimpl
 from rbpbench.problem import TaskSpec
-from rbpbench.tasks import contractive
+from rbpbench.tasks import contractive, hopfield
 
 
 @hookimpl
@@ -18,5 +20,13 @@ def rbpbench_tasks() -> list[TaskSpec]:
             "tanh RNN with ||W||_2 = rho < 1; exact implicit gradient by a dense solve",
             defaults={"spectral_norm": 0.9, "hidden": 32, "batch": 4, "steps": 300},
             dtype=torch.float64,
+        ),
+        TaskSpec(
+            "hopfield",
+            hopfield.build,
+            "continuous Hopfield associative memory on 10 MNIST digits, trained with Adam (section 5.1)",
+            defaults=dataclasses.asdict(hopfield.Settings()),
+            dtype=torch.float32,
+            train=hopfield.train,
         ),
     ]
