@@ -1,8 +1,9 @@
-"""The command line: ``rbpbench run`` and ``rbpbench list``."""
+"""The command line: ``rbpbench run``, ``rbpbench list`` and ``rbpbench plugins``."""
 
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 import time
 from collections.abc import Mapping, Sequence
@@ -11,7 +12,8 @@ from typing import Any
 
 from rbpbench import config, leaderboard
 from rbpbench.config import UsageError
-from rbpbench.plugins import PluginConfig, PluginError, load_registry
+from rbpbench.data import DATA_DIR_ENV
+from rbpbench.plugins import PluginConfig, PluginError, load_registry, plugin_statuses
 from rbpbench.sweep import Sweep
 
 
@@ -83,6 +85,9 @@ def settings_from(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def command_run(args: argparse.Namespace) -> int:
+    if args.data_dir:
+        # Workers are spawned with this environment, so they read the same root.
+        os.environ[DATA_DIR_ENV] = str(Path(args.data_dir).expanduser().resolve())
     plugins = plugin_config(args)
     registry = load_registry(plugins)
     settings = config.resolve(
@@ -148,6 +153,28 @@ def command_list(args: argparse.Namespace) -> int:
     return 0
 
 
+def command_plugins(args: argparse.Namespace) -> int:
+    """Every plugin with its distribution, status, hooks and contributions; exit 1 if one is broken."""
+    statuses, problems = plugin_statuses(plugin_config(args))
+    rows = [("plugin", "distribution", "status", "hooks", "provides / error")]
+    for s in statuses:
+        provides = "; ".join(
+            f"{kind}: {', '.join(names)}"
+            for kind, names in (("methods", s.methods), ("tasks", s.tasks))
+            if names
+        )
+        hooks = ", ".join(s.hooks) or ("(none)" if s.status == "loaded" else "-")
+        rows.append((s.origin.plugin, str(s.origin), s.status, hooks, s.error or provides))
+    widths = [max(len(row[i]) for row in rows) for i in range(4)]
+    for row in rows:
+        cells = [cell.ljust(width) for cell, width in zip(row[:4], widths, strict=True)]
+        print("  ".join([*cells, row[4]]).rstrip())
+    for problem in problems:
+        print(f"rbpbench: error: {problem}", file=sys.stderr)
+    broken = any(s.status in ("failed", "shadowed") for s in statuses)
+    return 1 if problems or broken else 0
+
+
 def add_plugin_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "-p",
@@ -169,7 +196,7 @@ def make_parser() -> argparse.ArgumentParser:
     run.add_argument("--suite", help="a shipped preset (see rbpbench list)")
     run.add_argument("--config", help="a TOML file of settings; flags override it")
     run.add_argument("--tasks", help=f"comma-separated (default {d['tasks']})")
-    run.add_argument("--methods", help="comma-separated (default: every method)")
+    run.add_argument("--methods", help=f"comma-separated (default {d['methods']})")
     run.add_argument("--truncation", help=f"K values (default {d['truncation']})")
     run.add_argument("--seeds", help=f"e.g. 0-4 or 0,3 (default {d['seeds']})")
     run.add_argument("--device", help="cpu, cuda, cuda:N, comma-separated (default cpu)")
@@ -183,6 +210,9 @@ def make_parser() -> argparse.ArgumentParser:
     run.add_argument(
         "--out",
         help="results folder (default results/run-<time>); an earlier sweep's folder resumes it",
+    )
+    run.add_argument(
+        "--data-dir", help=f"data root (default ${DATA_DIR_ENV}, else ~/.cache/rbpbench/data)"
     )
     run.add_argument(
         "--retry-failed", action="store_true", help="also rerun cells that failed before"
@@ -200,6 +230,13 @@ def make_parser() -> argparse.ArgumentParser:
     listing = commands.add_parser("list", help="list methods, tasks and suites with their origin")
     add_plugin_options(listing)
     listing.set_defaults(handler=command_list)
+    plugins = commands.add_parser(
+        "plugins",
+        help="list every plugin: distribution, version, status, hooks, load errors "
+        "(exit 1 if one is broken)",
+    )
+    add_plugin_options(plugins)
+    plugins.set_defaults(handler=command_plugins)
     return parser
 
 

@@ -213,6 +213,8 @@ class SweepSettings:
 
 DEFAULTS: dict[str, Any] = {
     "tasks": "contractive-rnn",
+    # the paper's five; installed plugins' methods run when named
+    "methods": "bptt,tbptt,rbp,cg-rbp,neumann-rbp",
     "truncation": "10,20,30",
     "seeds": "0-2",
     "device": "cpu",
@@ -256,7 +258,7 @@ def resolve(
     method_param_flags: Mapping[str, Any] | None = None,
 ) -> SweepSettings:
     """Check layered settings against the installed plugins; flags' parameters apply to every selection."""
-    merged = layer(DEFAULTS, {"methods": ",".join(registry.methods)}, settings)
+    merged = layer(DEFAULTS, settings)
     tasks = parse_names(merged["tasks"], list(registry.tasks), "task")
     methods = parse_names(merged["methods"], list(registry.methods), "method")
     task_params = {

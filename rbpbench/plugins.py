@@ -64,6 +64,8 @@ class Registry:
     methods: dict[str, tuple[MethodSpec, Origin]] = field(default_factory=dict)
     tasks: dict[str, tuple[TaskSpec, Origin]] = field(default_factory=dict)
     load_errors: dict[str, str] = field(default_factory=dict)
+    # plugin name -> the names of the hooks it implements, for every loaded plugin
+    hooks: dict[str, tuple[str, ...]] = field(default_factory=dict)
 
     def method(self, name: str) -> MethodSpec:
         return self.methods[name][0]
@@ -152,14 +154,22 @@ def module_origin(module: str) -> Origin:
     return Origin(module, module, "local")
 
 
-def load_registry(
-    config: PluginConfig | None = None,
+def hook_names(manager: pluggy.PluginManager) -> dict[str, tuple[str, ...]]:
+    """Each registered plugin's name and the names of the hooks it implements."""
+    return {
+        name: tuple(sorted(caller.name for caller in manager.get_hookcallers(plugin) or []))
+        for name, plugin in manager.list_name_plugin()
+        if plugin is not None
+    }
+
+
+def load_plugins(
+    config: PluginConfig,
     extra_plugins: Iterable[tuple[str, ModuleType | object]] = (),
     *,
     warn: bool = True,
-) -> Registry:
-    """Load the plugins ``config`` asks for (plus ``extra_plugins`` objects) and index what they give."""
-    config = config or PluginConfig.from_environment()
+) -> tuple[pluggy.PluginManager, dict[str, Origin], dict[str, str]]:
+    """Register the plugins ``config`` asks for: the manager, their origins and load errors."""
     manager = new_manager()
     for name in config.disabled:
         manager.set_blocked(name)
@@ -178,10 +188,102 @@ def load_registry(
     for name, plugin in extra_plugins:
         manager.register(plugin, name=name)
         origins[name] = Origin(name, name, "local")
-    registry = Registry(load_errors=errors)
+    return manager, origins, errors
+
+
+def load_registry(
+    config: PluginConfig | None = None,
+    extra_plugins: Iterable[tuple[str, ModuleType | object]] = (),
+    *,
+    warn: bool = True,
+) -> Registry:
+    """Load the plugins ``config`` asks for (plus ``extra_plugins`` objects) and index what they give."""
+    config = config or PluginConfig.from_environment()
+    manager, origins, errors = load_plugins(config, extra_plugins, warn=warn)
+    registry = Registry(load_errors=errors, hooks=hook_names(manager))
     hooks = manager.hook
     methods = _contributions(manager, hooks.rbpbench_methods, MethodSpec, origins)
     tasks = _contributions(manager, hooks.rbpbench_tasks, TaskSpec, origins)
     _index("method", methods, registry.methods)
     _index("task", tasks, registry.tasks)
     return registry
+
+
+@dataclass(frozen=True)
+class PluginStatus:
+    """One plugin as ``rbpbench plugins`` shows it.
+
+    ``status`` is ``loaded``, ``failed`` (``error`` says why), ``disabled``
+    (-p no:NAME, --disable-plugin), ``not autoloaded`` (the environment
+    variable is set) or ``shadowed`` (an earlier distribution registered an
+    entry point of the same name); ``methods`` and ``tasks`` name what its
+    hooks return.
+    """
+
+    origin: Origin
+    status: str
+    hooks: tuple[str, ...] = ()
+    methods: tuple[str, ...] = ()
+    tasks: tuple[str, ...] = ()
+    error: str = ""
+
+
+def plugin_statuses(config: PluginConfig | None = None) -> tuple[list[PluginStatus], list[str]]:
+    """Every plugin rbpbench can see, loaded or not, and the problems of the set as a whole.
+
+    Unlike :func:`load_registry` this never raises: two plugins giving one
+    name, or a hook returning the wrong objects, is one of the problems.
+    """
+    config = config or PluginConfig.from_environment()
+    try:
+        manager, origins, errors = load_plugins(config, warn=False)
+    except PluginError as exc:
+        return [], [str(exc)]
+    hooks = hook_names(manager)
+    given: dict[tuple[str, str], list[str]] = {}
+    problems: list[str] = []
+    try:
+        for kind, hook, expected in (
+            ("method", manager.hook.rbpbench_methods, MethodSpec),
+            ("task", manager.hook.rbpbench_tasks, TaskSpec),
+        ):
+            found = _contributions(manager, hook, expected, origins)
+            for spec, origin in found:
+                given.setdefault((origin.plugin, kind), []).append(spec.name)
+            _index(kind, found, {})
+    except PluginError as exc:
+        problems.append(str(exc))
+
+    def loaded(origin: Origin) -> PluginStatus:
+        name = origin.plugin
+        methods, tasks = given.get((name, "method"), []), given.get((name, "task"), [])
+        return PluginStatus(origin, "loaded", hooks.get(name, ()), tuple(methods), tuple(tasks))
+
+    statuses: list[PluginStatus] = []
+    seen: dict[str, Origin] = {}
+    for ep in md.entry_points(group=ENTRY_POINT_GROUP):
+        dist = ep.dist
+        origin = Origin(
+            ep.name, dist.name if dist else "unknown", dist.version if dist else "unknown"
+        )
+        if ep.name in seen:
+            error = f"entry point name {ep.name!r} already taken by {seen[ep.name]}"
+            statuses.append(PluginStatus(origin, "shadowed", error=error))
+            continue
+        seen[ep.name] = origin
+        if ep.name in config.disabled:
+            statuses.append(PluginStatus(origin, "disabled"))
+        elif not config.autoload:
+            error = f"{DISABLE_AUTOLOAD_ENV} is set"
+            statuses.append(PluginStatus(origin, "not autoloaded", error=error))
+        elif ep.name in errors:
+            statuses.append(PluginStatus(origin, "failed", error=errors[ep.name]))
+        else:
+            statuses.append(loaded(origin))
+    for module in config.modules:
+        if module in seen:
+            continue
+        origin = origins.get(module) or module_origin(module)
+        disabled = module in config.disabled
+        statuses.append(PluginStatus(origin, "disabled") if disabled else loaded(origin))
+    return statuses, problems

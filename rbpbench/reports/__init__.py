@@ -1,0 +1,1 @@
+"""Task-specific reports drawn from a results folder."""

@@ -1,0 +1,36 @@
+"""The quick presets, end to end, as a user runs them."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+from rbpbench.reports import hopfield as hopfield_report
+from rbpbench.results import read_curves
+from tests.helpers import run_cli
+
+pytestmark = pytest.mark.slow
+
+
+def test_the_hopfield_quick_preset_runs_end_to_end(tmp_path: Path) -> None:
+    out = tmp_path / "hopfield"
+    result = run_cli("run", "--suite", "hopfield-quick", "--jobs", "2", "--out", str(out))
+    assert result.returncode == 0, result.stderr
+    assert "success rate" in result.stdout and "retrieval error" in result.stdout
+    frame = pd.read_parquet(out / "results.parquet")
+    assert len(frame) == 10 and set(frame.status) == {"ok"}
+    assert frame.success.notna().all() and (frame.epochs == 2).all()
+    assert frame.retrieval_error.between(0, 1).all()
+    for cell_id in frame.cell_id:
+        curves = read_curves(out, cell_id)
+        names = set(curves.curve)
+        assert {"train_loss", "step_loss", "difference_norm", "retrieved", "corrupted"} <= names
+        assert (curves[curves.curve == "difference_norm"].step.max()) == 49
+    # the task's report: Table 1 beside the paper's figures, and the retrievals like Fig. 2
+    assert hopfield_report.main([str(out), "--truncation", "10"]) == 0
+    table = (out / "hopfield-table1.md").read_text()
+    assert "| rbp | " in table and "/ 1%" in table  # the paper's RBP success at K=10
+    png = (out / "hopfield-retrievals.png").read_bytes()
+    assert png.startswith(b"\x89PNG") and len(png) > 5000
