@@ -10,34 +10,7 @@ import pytest
 from rbpbench.plugins import PluginError, load_registry
 from rbpbench.problem import MethodSpec
 from tests.helpers import install_plugin, run_cli
-
-TINY = """
-    from rbpbench import MethodSpec, hookimpl
-    from rbpbench.methods.implicit import neumann_rbp
-
-
-    def half_neumann(problem, truncation, *, diagnostics=True, **params):
-        return neumann_rbp(problem, max(1, truncation // 2), diagnostics=diagnostics)
-
-
-    @hookimpl
-    def rbpbench_methods():
-        return [MethodSpec("tiny-neumann", half_neumann, "Neumann-RBP with K/2 products")]
-"""
-
-BROKEN = """
-    raise ImportError("this plugin is broken on purpose")
-"""
-
-DUPLICATE = """
-    from rbpbench import MethodSpec, hookimpl
-    from rbpbench.methods.unrolled import bptt
-
-
-    @hookimpl
-    def rbpbench_methods():
-        return [MethodSpec("neumann-rbp", bptt, "an impostor")]
-"""
+from tests.plugin_sources import BROKEN, DUPLICATE, TINY
 
 
 @pytest.fixture
