@@ -14,7 +14,7 @@ from rbpbench import config, leaderboard
 from rbpbench.config import UsageError
 from rbpbench.data import DATA_DIR_ENV
 from rbpbench.plugins import PluginConfig, PluginError, load_registry, plugin_statuses
-from rbpbench.sweep import Sweep
+from rbpbench.sweep import Sweep, plan_cells
 
 
 def default_out() -> Path:
@@ -24,8 +24,8 @@ def default_out() -> Path:
 class Progress:
     """A bar on a terminal; otherwise a plain line per cell with the time left."""
 
-    def __init__(self, total: int, jobs: int) -> None:
-        self.total, self.jobs, self.done = total, jobs, 0
+    def __init__(self, total: int) -> None:
+        self.total, self.done = total, 0
         self.counts: dict[str, int] = {}
         self.start = time.monotonic()
         self.bar = None
@@ -98,7 +98,7 @@ def command_run(args: argparse.Namespace) -> int:
     )
     fail_on = config.parse_statuses(args.fail_on) if args.fail_on else []
     if args.dry_run:
-        cells = Sweep.plan(settings)
+        cells = plan_cells(settings)
         for cell in cells:
             params = dict(cell.task_params) | dict(cell.method_params)
             print(
@@ -114,7 +114,7 @@ def command_run(args: argparse.Namespace) -> int:
             f"resuming {out}: {resumed} of {len(sweep.cells)} cells already finished",
             file=sys.stderr,
         )
-    progress = Progress(len(sweep.todo), settings.jobs)
+    progress = Progress(len(sweep.todo))
     try:
         sweep.run(progress)
     except KeyboardInterrupt:

@@ -97,8 +97,6 @@ class Sweep:
     out: Path
     retry_failed: bool = False
 
-    plan = staticmethod(plan_cells)
-
     def __post_init__(self) -> None:
         self.run_id = uuid.uuid4().hex[:12]
         self.cells = plan_cells(self.settings)
