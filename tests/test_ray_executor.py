@@ -1,0 +1,334 @@
+"""Sweeps on Ray: a local Ray instance, and a head and a worker node started here on 127.0.0.1.
+
+Ray is slow to start on a small machine, so each Ray instance is a module-scoped
+fixture shared by the tests that need it, and those tests are marked slow.
+Everything a test starts carries a marker in its environment; the fixtures end
+by killing every process holding their marker (Ray's workers and the cells'
+processes inherit it), never other Ray instances on the machine.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import secrets
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+from rbpbench.cli import main
+from rbpbench.ray_executor import fits
+from rbpbench.results import COLUMNS
+
+REPO = Path(__file__).resolve().parents[1]
+RAY = str(Path(sys.executable).with_name("ray"))
+MARKER = "RBPBENCH_RAY_TEST"
+SMALL = ("--task-param", "steps=50", "--truncation", "3,10")
+PAPER = "bptt,tbptt,rbp,cg-rbp,neumann-rbp"
+COMPARED = [
+    "cell_id", "loss", "grad_rel_error", "grad_cosine", "grad_rel_error_g",
+    "grad_rel_error_exact", "forward_residual", "backward_iterations",
+    "backward_residual", "spectral_radius",
+]  # fmt: skip
+
+
+# -- without Ray running --------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--executor", "dask"], "unknown executor 'dask'; valid: local, ray"),
+        (["--address", "127.0.0.1:6379"], "--address is the address of a Ray cluster"),
+        (["--executor", "ray", "--cpus-per-cell", "0"], "--cpus-per-cell must be a positive"),
+        (["--executor", "ray", "--gpus-per-cell", "1.5"], "--gpus-per-cell must be a fraction"),
+    ],
+)
+def test_bad_executor_settings_are_one_line_exit_2_and_write_nothing(
+    tmp_path: Path, capsys, args: list[str], message: str
+) -> None:
+    out = tmp_path / "never"
+    assert main(["run", *args, "--out", str(out)]) == 2
+    lines = capsys.readouterr().err.strip().splitlines()
+    assert len(lines) == 1 and message in lines[0], lines
+    assert not out.exists()
+
+
+def test_without_ray_installed_the_ray_executor_says_how_to_get_it(
+    tmp_path: Path, capsys, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setitem(sys.modules, "ray", None)  # what `import ray` meets where Ray is absent
+    out = tmp_path / "never"
+    assert main(["run", "--executor", "ray", "--out", str(out)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err == (
+        "rbpbench: error: --executor ray needs Ray, which is not installed: pip install "
+        "'rbpbench[ray]' (or pip install ray), on the driver and on every node of the cluster"
+    )
+    assert not out.exists()
+
+
+def test_a_cell_fits_where_some_node_holds_all_it_asks_for() -> None:
+    nodes = [{"CPU": 4.0}, {"CPU": 1.0, "GPU": 1.0}]
+    assert fits({"CPU": 2.0}, nodes) and fits({"CPU": 1.0, "GPU": 0.5}, nodes)
+    assert not fits({"CPU": 2.0, "GPU": 1.0}, nodes) and not fits({"CPU": 1.0}, [])
+
+
+# -- helpers for Ray processes --------------------------------------------------------------
+
+
+def marked_processes(prefix: str) -> list[int]:
+    """Processes whose environment holds MARKER=<prefix...> (Linux /proc)."""
+    found = []
+    needle = f"{MARKER}={prefix}".encode()
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit() or int(entry.name) == os.getpid():
+            continue
+        try:
+            environ = (entry / "environ").read_bytes()
+        except OSError:
+            continue
+        if any(item.startswith(needle) for item in environ.split(b"\0")):
+            found.append(int(entry.name))
+    return found
+
+
+def kill_marked(prefix: str) -> None:
+    for _ in range(3):  # Ray may start a process while the first ones die
+        for pid in marked_processes(prefix):
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
+        time.sleep(0.5)
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def ray_env(marker: str, token: str) -> dict[str, str]:
+    """The environment of everything a fixture starts: its marker, its own auth token (so that
+    nothing is written to ~/.ray), and a dead node noticed within seconds rather than a minute."""
+    return {
+        **os.environ,
+        MARKER: marker,
+        "RAY_AUTH_MODE": "token",
+        "RAY_AUTH_TOKEN": token,
+        "RAY_health_check_period_ms": "1000",
+        "RAY_health_check_timeout_ms": "5000",
+    }
+
+
+def short_tmp() -> Path:
+    """A folder with a short path: Ray puts Unix sockets in it (at most 107 characters)."""
+    return Path(tempfile.mkdtemp(prefix="rbray-"))
+
+
+def rbpbench(env: dict[str, str], *args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "rbpbench", "run", *args],
+        capture_output=True,
+        text=True,
+        env=env,
+        cwd=REPO,
+        timeout=400,
+    )
+
+
+def rows(out: Path) -> pd.DataFrame:
+    keys = ["task", "method", "truncation", "seed"]
+    return pd.read_parquet(out / "results.parquet").sort_values(keys).reset_index(drop=True)
+
+
+def rows_on_disk(out: Path) -> int:
+    try:
+        return len(pd.read_parquet(out / "results.parquet"))
+    except (FileNotFoundError, OSError, ValueError):
+        return 0
+
+
+# -- a local Ray instance, started by rbpbench itself -----------------------------------------
+
+
+@pytest.fixture(scope="module")
+def local_and_ray(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, object]]:
+    """The paper's methods under the local executor and on a local Ray instance (no --address);
+    the Ray sweep also runs the misbehaving methods of the runner tests."""
+    tmp, ray_tmp = tmp_path_factory.mktemp("local-ray"), short_tmp()
+    marker = f"local-{secrets.token_hex(4)}"
+    env = {**ray_env(marker, secrets.token_hex(32)), "RAY_TMPDIR": str(ray_tmp)}
+    common = ("-p", "tests.faulty_methods", "--seeds", "0", "--truncation", "3", "--jobs", "2",
+              "--task-param", "steps=50")  # fmt: skip
+    try:
+        local = rbpbench(env, *common, "--methods", PAPER, "--out", str(tmp / "l"))
+        assert local.returncode == 0, local.stderr
+        started = time.monotonic()
+        ray = rbpbench(
+            env, *common, "--executor", "ray", "--timeout", "6", "--out", str(tmp / "r"),
+            "--methods", f"hangs,raises,nan,dies,exhausts-memory,{PAPER}",
+        )  # fmt: skip
+        elapsed = time.monotonic() - started
+        assert ray.returncode == 0, ray.stderr
+        deadline = time.monotonic() + 10  # Ray's agents and the cells' processes exit soon after
+        while (left := marked_processes(marker)) and time.monotonic() < deadline:
+            time.sleep(0.5)
+        yield {"local": tmp / "l", "ray": tmp / "r", "stderr": ray.stderr,
+               "elapsed": elapsed, "left": left}  # fmt: skip
+    finally:
+        kill_marked(marker)
+        shutil.rmtree(ray_tmp, ignore_errors=True)
+
+
+@pytest.mark.slow
+def test_a_local_ray_instance_gives_the_local_executors_rows(local_and_ray) -> None:
+    local = rows(local_and_ray["local"])
+    ray = rows(local_and_ray["ray"])
+    ray = ray[ray.method.isin(PAPER.split(","))].reset_index(drop=True)
+    assert len(local) == len(ray) == 5 and (ray.status == "ok").all()
+    assert list(ray.columns) == list(COLUMNS)
+    pd.testing.assert_frame_equal(local[COMPARED], ray[COMPARED], check_exact=False, rtol=1e-12)
+    assert "running on a local Ray instance: 1 nodes" in local_and_ray["stderr"]
+    # Each row names its node: the host under the local pool, host/Ray node id under Ray.
+    host = socket.gethostname()
+    assert set(local.node) == {host}
+    (ray_node,) = set(ray.node)
+    assert ray_node.startswith(f"{host}/")
+    for folder, node in ((local_and_ray["local"], host), (local_and_ray["ray"], ray_node)):
+        (run,) = json.loads((folder / "environment.json").read_text())["runs"].values()
+        assert list(run["nodes"]) == [node]
+        assert run["nodes"][node]["hostname"] == host and run["nodes"][node]["torch_version"]
+
+
+@pytest.mark.slow
+def test_statuses_and_the_time_limit_hold_under_ray(local_and_ray) -> None:
+    frame = rows(local_and_ray["ray"]).set_index("method")
+    assert frame.status.to_dict() == {
+        "hangs": "timeout",
+        "raises": "error",
+        "nan": "diverged",
+        "dies": "crashed",
+        "exhausts-memory": "oom",
+        **dict.fromkeys(PAPER.split(","), "ok"),
+    }
+    assert "time limit of 6 s" in frame.loc["hangs", "error"]
+    assert "killed by SIGKILL" in frame.loc["dies", "error"]
+    assert frame.loc["raises", "error"].startswith("RuntimeError: solver exploded")
+    assert local_and_ray["elapsed"] < 300  # the hung cells did not hold the sweep
+
+
+@pytest.mark.slow
+def test_the_local_ray_instance_ends_with_the_sweep(local_and_ray) -> None:
+    assert local_and_ray["left"] == []
+
+
+# -- a cluster: a head and a worker node on 127.0.0.1 -----------------------------------------
+
+
+class Cluster:
+    def __init__(self, tmp: Path) -> None:
+        self.tag = secrets.token_hex(4)
+        self.token = secrets.token_hex(32)
+        self.address = f"127.0.0.1:{free_port()}"
+        self.tmp = tmp
+
+    def env(self, role: str) -> dict[str, str]:
+        return ray_env(f"cluster-{self.tag}-{role}", self.token)
+
+    def start(self, role: str, *args: str) -> None:
+        common = ["--node-ip-address", "127.0.0.1", "--num-cpus", "1", "--disable-usage-stats",
+                  "--object-store-memory", "80000000", "--dashboard-agent-listen-port", "0",
+                  "--temp-dir", str(self.tmp / role)]  # fmt: skip
+        done = subprocess.run(
+            [RAY, "start", *args, *common],
+            env=self.env(role),
+            capture_output=True,
+            text=True,
+            timeout=180,
+            start_new_session=True,
+        )
+        assert done.returncode == 0, done.stdout + done.stderr
+
+    def kill(self, role: str = "") -> None:
+        kill_marked(f"cluster-{self.tag}-{role}")
+
+
+@pytest.fixture(scope="module")
+def cluster() -> Iterator[Cluster]:
+    cluster = Cluster(short_tmp())
+    try:
+        port = cluster.address.rsplit(":", 1)[1]
+        cluster.start("head", "--head", "--port", port, "--include-dashboard", "false")
+        cluster.start("worker", "--address", cluster.address)
+        yield cluster
+    finally:
+        cluster.kill()  # every process of the head, the worker and the sweeps' drivers
+        shutil.rmtree(cluster.tmp, ignore_errors=True)
+        assert marked_processes(f"cluster-{cluster.tag}") == []
+
+
+@pytest.mark.slow
+def test_a_sweep_runs_across_both_nodes(cluster: Cluster, tmp_path: Path) -> None:
+    out = tmp_path / "run"
+    args = ("--executor", "ray", "--address", cluster.address, "--seeds", "0", *SMALL)
+    done = rbpbench(
+        cluster.env("driver"), *args, "--methods", "bptt,neumann-rbp", "--out", str(out)
+    )
+    assert done.returncode == 0, done.stderr
+    assert f"running on the Ray cluster at {cluster.address}: 2 nodes, 2 CPUs" in done.stderr
+    frame = rows(out)
+    assert len(frame) == 4 and (frame.status == "ok").all()
+    nodes = set(frame.node)
+    assert len(nodes) == 2  # each node, one CPU, ran some of the cells
+    (run,) = json.loads((out / "environment.json").read_text())["runs"].values()
+    assert set(run["nodes"]) == nodes
+    assert len({n["ray_node_id"] for n in run["nodes"].values()}) == 2
+
+
+@pytest.mark.slow
+def test_a_node_killed_mid_sweep_gives_rows_for_its_cells_and_the_sweep_resumes(
+    cluster: Cluster, tmp_path: Path
+) -> None:
+    out = tmp_path / "run"
+    args = ["-m", "rbpbench", "run", "--executor", "ray", "--address", cluster.address,
+            "--methods", "bptt,neumann-rbp", "--seeds", "0-2", *SMALL, "--out", str(out)]  # fmt: skip
+    driver = subprocess.Popen(
+        [sys.executable, *args],
+        env=cluster.env("driver"),
+        cwd=REPO,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    deadline = time.monotonic() + 120
+    while rows_on_disk(out) < 2 and time.monotonic() < deadline and driver.poll() is None:
+        time.sleep(0.1)
+    cluster.kill("worker")  # its raylet, Ray workers and the cell running there, by SIGKILL
+    try:
+        _, stderr = driver.communicate(timeout=240)  # the driver does not hang on the lost node
+    finally:
+        driver.kill()
+    assert driver.returncode == 0, stderr
+    frame = rows(out)
+    assert len(frame) == 12 and frame.cell_id.is_unique
+    lost = frame[frame.status != "ok"]
+    assert len(lost) >= 1 and set(lost.status) == {"crashed"}, frame[["status", "error"]]
+    assert all("node running the cell was lost" in e for e in lost.error), list(lost.error)
+
+    resumed = rbpbench(cluster.env("driver"), *args[3:], "--retry-failed")
+    assert resumed.returncode == 0, resumed.stderr
+    assert f"{12 - len(lost)} of 12 cells already finished" in resumed.stderr
+    final = rows(out)
+    assert len(final) == 12 and (final.status == "ok").all()
+    kept = final.set_index("cell_id").loc[frame[frame.status == "ok"].cell_id, "run_id"]
+    assert (kept == frame.set_index("cell_id").loc[kept.index, "run_id"]).all()
