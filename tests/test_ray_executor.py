@@ -22,6 +22,7 @@ import tempfile
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pandas as pd
 import pytest
@@ -277,41 +278,22 @@ def cluster() -> Iterator[Cluster]:
         assert marked_processes(f"cluster-{cluster.tag}") == []
 
 
-@pytest.mark.slow
-def test_a_sweep_runs_across_both_nodes(cluster: Cluster, tmp_path: Path) -> None:
-    out = tmp_path / "run"
-    args = ("--executor", "ray", "--address", cluster.address, "--seeds", "0", *SMALL)
-    done = rbpbench(
-        cluster.env("driver"), *args, "--methods", "bptt,neumann-rbp", "--out", str(out)
-    )
-    assert done.returncode == 0, done.stderr
-    assert f"running on the Ray cluster at {cluster.address}: 2 nodes, 2 CPUs" in done.stderr
-    frame = rows(out)
-    assert len(frame) == 4 and (frame.status == "ok").all()
-    nodes = set(frame.node)
-    assert len(nodes) == 2  # each node, one CPU, ran some of the cells
-    (run,) = json.loads((out / "environment.json").read_text())["runs"].values()
-    assert set(run["nodes"]) == nodes
-    assert len({n["ray_node_id"] for n in run["nodes"].values()}) == 2
-
-
-@pytest.mark.slow
-def test_a_node_killed_mid_sweep_gives_rows_for_its_cells_and_the_sweep_resumes(
-    cluster: Cluster, tmp_path: Path
-) -> None:
-    out = tmp_path / "run"
-    args = ["-m", "rbpbench", "run", "--executor", "ray", "--address", cluster.address,
-            "--methods", "bptt,neumann-rbp", "--seeds", "0-2", *SMALL, "--out", str(out)]  # fmt: skip
+@pytest.fixture(scope="module")
+def lost_node(cluster: Cluster, tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
+    """A sweep on the cluster whose worker node is killed once it has sent a row, then resumed."""
+    out = tmp_path_factory.mktemp("lost-node") / "run"
+    args = ["--executor", "ray", "--address", cluster.address, "--methods", "bptt,neumann-rbp",
+            "--seeds", "0-2", *SMALL, "--out", str(out)]  # fmt: skip
     driver = subprocess.Popen(
-        [sys.executable, *args],
+        [sys.executable, "-m", "rbpbench", "run", *args],
         env=cluster.env("driver"),
         cwd=REPO,
         stdout=subprocess.DEVNULL,
         stderr=subprocess.PIPE,
         text=True,
     )
-    deadline = time.monotonic() + 120
-    while rows_on_disk(out) < 2 and time.monotonic() < deadline and driver.poll() is None:
+    deadline = time.monotonic() + 180
+    while nodes_on_disk(out) < 2 and time.monotonic() < deadline and driver.poll() is None:
         time.sleep(0.1)
     cluster.kill("worker")  # its raylet, Ray workers and the cell running there, by SIGKILL
     try:
@@ -319,16 +301,47 @@ def test_a_node_killed_mid_sweep_gives_rows_for_its_cells_and_the_sweep_resumes(
     finally:
         driver.kill()
     assert driver.returncode == 0, stderr
-    frame = rows(out)
+    killed = rows(out)
+    resumed = rbpbench(cluster.env("driver"), *args, "--retry-failed")
+    assert resumed.returncode == 0, resumed.stderr
+    return {"out": out, "stderr": stderr, "killed": killed, "resumed": resumed.stderr}
+
+
+def nodes_on_disk(out: Path) -> int:
+    try:
+        return pd.read_parquet(out / "results.parquet").node.nunique()
+    except (FileNotFoundError, OSError, ValueError):
+        return 0
+
+
+@pytest.mark.slow
+def test_a_sweep_runs_across_both_nodes(cluster: Cluster, lost_node: dict[str, Any]) -> None:
+    assert (
+        f"running on the Ray cluster at {cluster.address}: 2 nodes, 2 CPUs" in lost_node["stderr"]
+    )
+    ran = lost_node["killed"].query("status == 'ok'")
+    nodes = set(ran.node)
+    assert len(nodes) == 2  # each node, one CPU, ran some of the cells
+    (first, _) = json.loads((lost_node["out"] / "environment.json").read_text())["runs"].values()
+    assert set(first["nodes"]) == nodes
+    assert len({n["ray_node_id"] for n in first["nodes"].values()}) == 2
+
+
+@pytest.mark.slow
+def test_a_node_killed_mid_sweep_gives_rows_for_its_cells(lost_node: dict[str, Any]) -> None:
+    frame = lost_node["killed"]
     assert len(frame) == 12 and frame.cell_id.is_unique
     lost = frame[frame.status != "ok"]
     assert len(lost) >= 1 and set(lost.status) == {"crashed"}, frame[["status", "error"]]
     assert all("node running the cell was lost" in e for e in lost.error), list(lost.error)
 
-    resumed = rbpbench(cluster.env("driver"), *args[3:], "--retry-failed")
-    assert resumed.returncode == 0, resumed.stderr
-    assert f"{12 - len(lost)} of 12 cells already finished" in resumed.stderr
-    final = rows(out)
+
+@pytest.mark.slow
+def test_after_a_lost_node_the_same_command_resumes(lost_node: dict[str, Any]) -> None:
+    frame = lost_node["killed"]
+    lost = frame[frame.status != "ok"]
+    assert f"{12 - len(lost)} of 12 cells already finished" in lost_node["resumed"]
+    final = rows(lost_node["out"])
     assert len(final) == 12 and (final.status == "ok").all()
     kept = final.set_index("cell_id").loc[frame[frame.status == "ok"].cell_id, "run_id"]
     assert (kept == frame.set_index("cell_id").loc[kept.index, "run_id"]).all()
