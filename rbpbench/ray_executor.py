@@ -24,6 +24,7 @@ import math
 import os
 import socket
 import sys
+import threading
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from types import ModuleType
@@ -130,6 +131,32 @@ def run_cell_task(job: RayJob, cell: Cell, expected: dict[str, Any]) -> dict[str
     return row
 
 
+CONNECT_LIMIT_S = 120.0
+
+
+def check_reachable(address: str, timeout: float = 10.0) -> None:
+    """A HOST:PORT where nothing listens is reported at once (Ray itself would retry forever)."""
+    host, sep, port = address.removeprefix("ray://").rpartition(":")
+    if not sep or not port.isdigit():
+        return  # "auto" and other forms: Ray resolves them
+    try:
+        socket.create_connection((host, int(port)), timeout=timeout).close()
+    except OSError as exc:
+        raise UsageError(
+            f"cannot join the Ray cluster at {address}: nothing answers there ({exc.strerror or exc}); "
+            "is its head node started (ray start --head --port PORT)?"
+        ) from None
+
+
+def give_up(where: str) -> None:
+    print(
+        f"rbpbench: error: could not start or join {where} within {CONNECT_LIMIT_S:g} s",
+        file=sys.stderr,
+        flush=True,
+    )
+    os._exit(2)
+
+
 def first_line(exc: BaseException, limit: int = 300) -> str:
     text = str(exc).strip().splitlines()
     line = text[0] if text else ""
@@ -172,6 +199,12 @@ class RayExecutor:
     def connect(self) -> None:
         ray = import_ray()
         where = f"the Ray cluster at {self.address}" if self.address else "a local Ray instance"
+        if self.address:
+            check_reachable(self.address)
+        # Ray retries forever to reach a head that does not answer: give up, before any write.
+        watchdog = threading.Timer(CONNECT_LIMIT_S, give_up, (where,))
+        watchdog.daemon = True
+        watchdog.start()
         try:
             if self.address:
                 ray.init(address=self.address, logging_level=logging.WARNING)
@@ -179,6 +212,8 @@ class RayExecutor:
                 ray.init(address="local", include_dashboard=False, logging_level=logging.WARNING)
         except Exception as exc:  # Ray raises ConnectionError, RuntimeError, ValueError...
             raise UsageError(f"cannot start or join {where}: {first_line(exc)}") from None
+        finally:
+            watchdog.cancel()
         self._ray = ray
         nodes = self.live_nodes()
         if not fits({"CPU": self.cpus_per_cell}, nodes):

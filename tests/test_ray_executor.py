@@ -79,6 +79,18 @@ def test_without_ray_installed_the_ray_executor_says_how_to_get_it(
     assert not out.exists()
 
 
+def test_an_address_where_nothing_listens_is_one_line_exit_2_at_once(
+    tmp_path: Path, capsys
+) -> None:
+    address = f"127.0.0.1:{free_port()}"  # closed again: nothing listens there
+    out = tmp_path / "never"
+    assert main(["run", "--executor", "ray", "--address", address, "--out", str(out)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith(f"rbpbench: error: cannot join the Ray cluster at {address}: nothing")
+    assert "ray start --head" in err and len(err.splitlines()) == 1
+    assert not out.exists()
+
+
 def test_a_cell_fits_where_some_node_holds_all_it_asks_for() -> None:
     nodes = [{"CPU": 4.0}, {"CPU": 1.0, "GPU": 1.0}]
     assert fits({"CPU": 2.0}, nodes) and fits({"CPU": 1.0, "GPU": 0.5}, nodes)
