@@ -27,7 +27,10 @@ from typing import Any
 import pandas as pd
 import pytest
 
+from rbpbench.cells import Cell
 from rbpbench.cli import main
+from rbpbench.executors import LocalPool
+from rbpbench.plugins import PluginConfig
 from rbpbench.ray_executor import fits
 from rbpbench.results import COLUMNS
 
@@ -95,6 +98,26 @@ def test_a_cell_fits_where_some_node_holds_all_it_asks_for() -> None:
     nodes = [{"CPU": 4.0}, {"CPU": 1.0, "GPU": 1.0}]
     assert fits({"CPU": 2.0}, nodes) and fits({"CPU": 1.0, "GPU": 0.5}, nodes)
     assert not fits({"CPU": 2.0, "GPU": 1.0}, nodes) and not fits({"CPU": 1.0}, [])
+
+
+@pytest.mark.slow
+def test_a_kept_pool_reuses_its_worker_and_replaces_one_that_died_idle(registry) -> None:
+    """What a Ray worker does between its cells: keep the local pool's worker process."""
+    pool = LocalPool(registry, PluginConfig(), "run", timeout=60, node="here", keep_workers=True)
+    cell = Cell("contractive-rnn", "bptt", 2, 0, "cpu", (("steps", 20),))
+    try:
+        rows: list[dict[str, Any]] = []
+        pool.run([cell], rows.append)
+        pool.run([cell], rows.append)
+        first, second = (int(r["worker"].rsplit(":", 1)[1]) for r in rows)
+        assert first == second and [r["node"] for r in rows] == ["here", "here"]
+        os.kill(first, signal.SIGKILL)  # dies while idle, between two cells
+        time.sleep(0.5)
+        pool.run([cell], rows.append)
+        assert rows[-1]["status"] == "ok" and rows[-1]["worker"] != rows[0]["worker"]
+    finally:
+        pool.close()
+    assert pool._idle == []
 
 
 # -- helpers for Ray processes --------------------------------------------------------------
