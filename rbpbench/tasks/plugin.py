@@ -8,7 +8,7 @@ import torch
 
 from rbpbench.hookspecs import hookimpl
 from rbpbench.problem import TaskSpec
-from rbpbench.tasks import contractive, hopfield
+from rbpbench.tasks import contractive, hopfield, hyperopt
 
 
 @hookimpl
@@ -28,5 +28,13 @@ def rbpbench_tasks() -> list[TaskSpec]:
             defaults=dataclasses.asdict(hopfield.Settings()),
             dtype=torch.float32,
             train=hopfield.train,
+        ),
+        TaskSpec(
+            "hyperopt",
+            hyperopt.build,
+            "16 learning rates and momenta of an MNIST MLP's SGD, learned through training (section 5.3)",
+            defaults=dataclasses.asdict(hyperopt.Settings()),
+            dtype=torch.float32,
+            train=hyperopt.train,
         ),
     ]
