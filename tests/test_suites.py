@@ -34,3 +34,16 @@ def test_the_hopfield_quick_preset_runs_end_to_end(tmp_path: Path) -> None:
     assert "| rbp | " in table and "/ 1%" in table  # the paper's RBP success at K=10
     png = (out / "hopfield-retrievals.png").read_bytes()
     assert png.startswith(b"\x89PNG") and len(png) > 5000
+
+
+def test_the_hyperopt_quick_preset_runs_end_to_end(tmp_path: Path) -> None:
+    out = tmp_path / "hyperopt"
+    args = ["--suite", "quick", "--tasks", "hyperopt", "--seeds", "0", "--truncation", "5"]
+    result = run_cli("run", *args, "--out", str(out))
+    assert result.returncode == 0, result.stderr
+    frame = pd.read_parquet(out / "results.parquet")
+    assert len(frame) == 5 and set(frame.status) == {"ok"}, frame[["method", "error"]]
+    assert (frame.epochs == 2).all() and frame.peak_memory_bytes.gt(0).all()
+    for cell_id in frame.cell_id:
+        names = set(read_curves(out, cell_id).curve)
+        assert {"meta_loss", "inner_train_loss", "probe_grad_rel_error"} <= names

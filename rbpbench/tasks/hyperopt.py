@@ -20,10 +20,11 @@ see docs/tasks/hyperopt.md.
 from __future__ import annotations
 
 import functools
+import itertools
 import math
-from pathlib import Path
 from collections.abc import Callable
 from dataclasses import dataclass, fields
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -95,8 +96,11 @@ def momentum_step(
             mlp_loss(leaves, inputs, targets), leaves, create_graph=keep_graph
         )
     alpha, beta = torch.exp(log_lr), torch.sigmoid(momentum_logit)
-    new_v = tuple(beta[i] * v - (1 - beta[i]) * g for i, (v, g) in enumerate(zip(velocities, grads)))
-    new_w = tuple(w + alpha[i] * v for i, (w, v) in enumerate(zip(leaves, new_v)))
+    new_v = tuple(
+        beta[i] * v - (1 - beta[i]) * g
+        for i, (v, g) in enumerate(zip(velocities, grads, strict=True))
+    )
+    new_w = tuple(w + alpha[i] * v for i, (w, v) in enumerate(zip(leaves, new_v, strict=True)))
     return new_w + new_v
 
 
@@ -155,7 +159,7 @@ class InnerTraining:
         generator = torch.Generator().manual_seed(seed)
         scale = math.exp(settings.init_log_scale)
         weights: list[Tensor] = []
-        for fan_in, fan_out in zip(sizes[:-1], sizes[1:]):
+        for fan_in, fan_out in itertools.pairwise(sizes):
             weights.append(torch.randn(fan_in, fan_out, generator=generator) * scale)
             weights.append(torch.randn(fan_out, generator=generator) * scale)
         self.initial_weights = tuple(w.to(device, dtype) for w in weights)
@@ -224,8 +228,8 @@ def build(*, seed: int, device: torch.device, dtype: torch.dtype, **params: Any)
 def learned(model: InnerTraining) -> dict[str, float]:
     out: dict[str, float] = {}
     for i, name in enumerate(TENSOR_NAMES):
-        out[f"lr_{name}"] = float(torch.exp(model.log_lr[i]))
-        out[f"momentum_{name}"] = float(torch.sigmoid(model.momentum_logit[i]))
+        out[f"lr_{name}"] = float(torch.exp(model.log_lr[i].detach()))
+        out[f"momentum_{name}"] = float(torch.sigmoid(model.momentum_logit[i].detach()))
     return out
 
 
@@ -258,7 +262,7 @@ def train(run: TrainingRun) -> TrainingOutcome:
         if not (math.isfinite(result.loss) and all_finite(result.grads_f)):
             diverged = True
             break
-        for param, grad in zip(hyper, result.grads_f):
+        for param, grad in zip(hyper, result.grads_f, strict=True):
             param.grad = grad
         optimizer.step()
         if not all_finite(hyper):
