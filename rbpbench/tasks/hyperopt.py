@@ -241,11 +241,14 @@ def train(run: TrainingRun) -> TrainingOutcome:
     meta learning rate drops x0.1 at meta step ``meta_lr_drop_at``.
     """
     settings = Settings.of(run.params)
+    if settings.meta_steps == 0:  # a cost measurement only (Table 3): nothing to train
+        return TrainingOutcome(metrics={"epochs": 0})
     model = InnerTraining(settings, seed=run.seed, device=run.device, dtype=run.dtype)
     hyper = [model.log_lr, model.momentum_logit]
     optimizer = torch.optim.Adam(hyper, lr=settings.meta_lr)
-    count = max(settings.meta_steps, 1)
-    probe_steps = set(torch.linspace(0, count - 1, settings.probes).round().int().tolist())
+    probe_steps = set(
+        torch.linspace(0, settings.meta_steps - 1, settings.probes).round().int().tolist()
+    )
     meta_losses: list[float] = []
     probes: list[tuple[int, float]] = []
     diverged = False
@@ -269,7 +272,7 @@ def train(run: TrainingRun) -> TrainingOutcome:
             diverged = True
             break
     final_meta_loss, inner_losses = model.train_inner()
-    initial = meta_losses[0] if meta_losses else final_meta_loss
+    initial = meta_losses[0]
     metrics: dict[str, Any] = {
         "train_loss_initial": initial,
         "train_loss_final": final_meta_loss,
