@@ -40,16 +40,16 @@ class PaperFigure:
 
 @dataclass(frozen=True)
 class Row:
-    """One published figure beside the measured one (None when that cell was not run)."""
+    """One published figure beside the measured one."""
 
     figure: PaperFigure
     truncation: int | None
-    measured: Aggregate | None
+    measured: Aggregate
     text: str  # the measured figure as the leaderboard prints it
 
     @property
     def difference(self) -> float:
-        if self.measured is None or self.measured.n == 0:
+        if self.measured.n == 0:
             return math.nan
         scale = 100.0 if self.measured.kind == "wilson" else 1.0
         return self.measured.mean * scale - self.figure.value
@@ -99,7 +99,8 @@ def preset_rows(frame: pd.DataFrame, suite: str, task: str) -> pd.DataFrame:
         return frame.iloc[0:0]
     wanted = config.load_suite(suite).get("task_params", {}).get(task, {})
     rows = frame[frame.task == task]
-    return rows[[_agrees(p, wanted) for p in rows.task_params]]
+    keep = pd.Series([_agrees(p, wanted) for p in rows.task_params], index=rows.index, dtype=bool)
+    return rows[keep]
 
 
 def compare(frame: pd.DataFrame) -> list[Comparison]:
@@ -127,6 +128,8 @@ def compare(frame: pd.DataFrame) -> list[Comparison]:
                 )
                 for k in ks:
                     agg = result.cells.get((fig.method, k))
+                    if agg is None:
+                        continue
                     text = leaderboard.figure(agg, result)
                     rows.append(Row(fig, k, agg, text))
         if rows:
