@@ -33,9 +33,10 @@ LEGEND = (
     "mean ± half-width of the 95% confidence interval over seeds (Student t); success rates: "
     "the percentage of all cells with the 95% Wilson interval in brackets, a failed cell "
     "counting as a failure; (n of N): only n of the method's N cells have the figure; "
-    "* marks the best of each column; ratios are BPTT's cost divided by the method's, per seed "
-    "(as in the paper's Table 3)."
+    "ratios are BPTT's cost divided by the method's, per seed (as in the paper's Table 3); "
+    "the best of each column (ties at the printed precision included) is "
 )
+MARKS = {"text": "marked *", "markdown": "in bold", "html": "in bold green"}
 
 
 @dataclass(frozen=True)
@@ -50,7 +51,7 @@ class Metric:
     scale: float = 1.0
     kind: str = "mean"  # "mean" (t interval), "rate" (Wilson interval), "ratio" (BPTT / method)
     vs_bptt: bool = False  # relative to BPTT: BPTT is the reference, not a contender
-    unit: str = ""  # "percent" and "bytes" are scaled to suit the values
+    unit: str = ""  # "percent", "bytes" and "seconds" are scaled to suit the values
 
 
 CATALOGUE: tuple[Metric, ...] = (
@@ -76,7 +77,7 @@ CATALOGUE: tuple[Metric, ...] = (
         "grad_error", "relative gradient error vs BPTT", "grad_rel_error", fmt=".2e", vs_bptt=True
     ),
     Metric("grad_cosine", "gradient cosine vs BPTT", "grad_cosine", "higher", ".4f", vs_bptt=True),
-    Metric("wall_time", "wall time of one gradient", "wall_time_s", scale=1e3, unit="ms"),
+    Metric("wall_time", "wall time of one gradient", "wall_time_s", unit="seconds"),
     Metric(
         "time_ratio",
         "time ratio: BPTT's wall time / the method's",
@@ -100,7 +101,7 @@ CATALOGUE: tuple[Metric, ...] = (
         vs_bptt=True,
         unit="x",
     ),
-    Metric("train_time", "training time", "train_time_s", unit="s"),
+    Metric("train_time", "training time", "train_time_s", unit="seconds"),
 )
 BY_KEY = {metric.key: metric for metric in CATALOGUE}
 
@@ -201,6 +202,15 @@ def _bytes_scale(values: pd.Series) -> tuple[float, str]:
     return 1.0, "B"
 
 
+def _seconds_scale(values: pd.Series) -> tuple[float, str]:
+    finite = values[values.notna() & (values > 0)]
+    typical = float(finite.median()) if len(finite) else 1.0
+    for factor, unit in ((1.0, "s"), (1e3, "ms")):
+        if typical * factor >= 1:
+            return factor, unit
+    return 1e6, "µs"
+
+
 def _ratios(rows: pd.DataFrame, column: str) -> pd.Series:
     """Per row, BPTT's figure (same seed, same K where it ran there) over the row's."""
     values = rows[column].astype("float64")
@@ -224,6 +234,10 @@ def _aggregate(metric: Metric, rows: pd.DataFrame, scale: float) -> Aggregate:
     return t_interval((values * scale).tolist(), cells=len(rows))
 
 
+def _printed(metric: Metric, mean: float) -> str:
+    return f"{mean * 100:.0f}" if metric.kind == "rate" else format(mean, metric.fmt)
+
+
 def _best(metric: Metric, cells: dict[tuple[str, int], Aggregate]) -> set[tuple[str, int]]:
     if metric.better is None:
         return set()
@@ -241,8 +255,10 @@ def _best(metric: Metric, cells: dict[tuple[str, int], Aggregate]) -> set[tuple[
         if not contenders or sum(1 for key in cells if key[1] == k) < 2:
             continue
         pick = max if metric.better == "higher" else min
-        target = pick(contenders.values())
-        best |= {key for key, value in contenders.items() if value == target}
+        # ties at the printed precision are all best
+        printed = {key: _printed(metric, value) for key, value in contenders.items()}
+        target = printed[pick(contenders, key=contenders.__getitem__)]
+        best |= {key for key, text in printed.items() if text == target}
     return best
 
 
@@ -265,6 +281,9 @@ def _scale(metric: Metric, rows: pd.DataFrame) -> tuple[float, str, str]:
         return scale, "%" if scale == 100 else "", ""
     if metric.unit == "bytes":
         scale, unit = _bytes_scale(values)
+        return scale, unit, ""
+    if metric.unit == "seconds":
+        scale, unit = _seconds_scale(values)
         return scale, unit, ""
     return metric.scale, metric.unit, ""
 
@@ -366,7 +385,7 @@ def _sections(group: Group) -> list[tuple[str, Table | None]]:
 
 
 def render_text(board: Sequence[Group]) -> str:
-    blocks = [LEGEND]
+    blocks = [LEGEND + MARKS["text"] + "."]
     for group in board:
         text = [f"== {_header(group)} =="]
         for title, table in _sections(group):
@@ -384,7 +403,7 @@ def _markdown_table(grid: pd.DataFrame) -> str:
 
 
 def render_markdown(board: Sequence[Group]) -> str:
-    blocks = [f"_{LEGEND}_"]
+    blocks = [f"_{LEGEND}{MARKS['markdown']}._"]
     for group in board:
         blocks.append(f"## {_header(group)}")
         for title, table in _sections(group):
@@ -392,9 +411,13 @@ def render_markdown(board: Sequence[Group]) -> str:
     return "\n\n".join(blocks) + "\n"
 
 
+def legend_html() -> str:
+    return f'<p class="legend">{html.escape(LEGEND + MARKS["html"])}.</p>'
+
+
 def render_html_fragment(board: Sequence[Group], level: int = 2, legend: bool = True) -> str:
     """The tables as HTML (no document around them), for the report and ``--format html``."""
-    parts = [f'<p class="legend">{html.escape(LEGEND)}</p>'] if legend else []
+    parts = [legend_html()] if legend else []
     for group in board:
         parts.append(f"<h{level}>{html.escape(_header(group))}</h{level}>")
         for title, table in _sections(group):

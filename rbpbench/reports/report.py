@@ -207,7 +207,7 @@ def write(folder: Path) -> Path:
     comparisons = _comparisons(frame)
     if comparisons:
         page.add("<h2>Comparison with the paper</h2>" + comparisons)
-    page.add(f'<p class="legend">{html.escape(leaderboard.LEGEND)}</p>')
+    page.add(leaderboard.legend_html())
     for group in board:
         _group_section(page, group)
     page.add("<h2>Cells not ok</h2>" + _failures(frame))
