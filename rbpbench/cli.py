@@ -177,7 +177,7 @@ def command_plugins(args: argparse.Namespace) -> int:
 
 def results_table(folder: str) -> Any:
     """The results table of a folder, or a UsageError that says what is wrong with it."""
-    from rbpbench.results import COLUMNS, read
+    from rbpbench.results import read
 
     path = Path(folder)
     if not (path / "results.parquet").is_file():
@@ -186,9 +186,13 @@ def results_table(folder: str) -> Any:
         frame = read(path)
     except Exception as exc:
         raise UsageError(f"{path / 'results.parquet'} cannot be read: {exc}") from None
-    missing = [c for c in ("task", "method", "truncation", "seed", "status") if c not in frame]
-    if missing or not set(frame.columns) <= set(COLUMNS) | set(frame.columns):
-        raise UsageError(f"{path / 'results.parquet'} is not an rbpbench table (no {missing})")
+    missing = [
+        c for c in ("cell_id", "task", "method", "truncation", "seed", "status") if c not in frame
+    ]
+    if missing:
+        raise UsageError(
+            f"{path / 'results.parquet'} is not an rbpbench results table (no {', '.join(missing)})"
+        )
     if frame.empty:
         raise UsageError(f"{path / 'results.parquet'} holds no cells")
     return frame

@@ -158,3 +158,11 @@ def test_the_cli_prints_the_leaderboard_and_rejects_bad_input(
     assert main(["leaderboard", str(tmp_path / "nowhere")]) == 2
     assert "holds no results table" in capsys.readouterr().err
     assert main(["report", str(tmp_path / "nowhere")]) == 2
+    (tmp_path / "bad").mkdir()
+    (tmp_path / "bad" / "results.parquet").write_bytes(b"not parquet")
+    assert main(["leaderboard", str(tmp_path / "bad")]) == 2
+    assert "results.parquet cannot be read" in capsys.readouterr().err
+    pd.DataFrame({"x": [1]}).to_parquet(tmp_path / "bad" / "results.parquet")
+    assert main(["report", str(tmp_path / "bad")]) == 2
+    assert "is not an rbpbench results table (no cell_id, task" in capsys.readouterr().err
+    assert not (tmp_path / "bad" / "report.html").exists()

@@ -193,8 +193,6 @@ def write(folder: Path) -> Path:
     frame = pd.read_parquet(folder / "results.parquet")
     page = Page(folder)
     page.figures.mkdir(parents=True, exist_ok=True)
-    for old in page.figures.glob("*.png"):
-        old.unlink()
     statuses = Counter(str(s) for s in frame.status)
     summary = ", ".join(f"{n} {s}" for s, n in sorted(statuses.items()))
     board = leaderboard.build(frame)
@@ -215,4 +213,7 @@ def write(folder: Path) -> Path:
     path = folder / PAGE
     document = leaderboard.html_document(f"rbpbench report: {folder.name}", "\n".join(page.parts))
     atomic_write(path, lambda p: p.write_text(document))
+    # figures of an earlier report that this one does not show
+    for stale in set(page.figures.glob("*.png")) - set(page.written):
+        stale.unlink()
     return path
