@@ -60,8 +60,15 @@ def _log_or_symlog(axis: plt.Axes, values: list[float], which: str = "y") -> Non
         setter("log")
 
 
+def _range(group: Group, table: Table, method: str, k: int) -> tuple[float, float]:
+    rows = group.rows[(group.rows.method == method) & (group.rows.truncation == k)]
+    values = rows[table.metric.column].astype("float64") * table.scale
+    values = values[np.isfinite(values)]
+    return float(values.min()), float(values.max())
+
+
 def gradient_error(group: Group, path: Path) -> bool:
-    """Gradient error against truncation K, one line per method, 95% intervals as bars."""
+    """Gradient error against truncation K, one line per method: the mean, bars the range."""
     table = _table(group, "grad_error_exact", "grad_error")
     if table is None or len(group.truncations) < 1:
         return False
@@ -79,8 +86,11 @@ def gradient_error(group: Group, path: Path) -> bool:
             continue
         ks = [k for k, _ in points]
         means = [a.mean for _, a in points]
-        below = [a.mean - a.low if a.has_interval else 0.0 for _, a in points]
-        above = [a.high - a.mean if a.has_interval else 0.0 for _, a in points]
+        # bars: the range over seeds (the leaderboard has the t intervals, which with two or
+        # three seeds reach below zero and would fill a log axis)
+        spans = [_range(group, table, method, k) for k in ks]
+        below = [m - lo for m, (lo, _) in zip(means, spans, strict=True)]
+        above = [hi - m for m, (_, hi) in zip(means, spans, strict=True)]
         axis.errorbar(
             ks,
             means,

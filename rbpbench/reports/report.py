@@ -166,7 +166,8 @@ def _group_section(page: Page, group: Group) -> None:
     page.add(leaderboard.render_html_fragment([group], level=3, legend=False))
     page.figure(
         f"{slug}-gradient-error",
-        "Gradient error against truncation K: mean over seeds, bars the 95% t interval.",
+        "Gradient error against truncation K: mean over seeds, bars their range (the "
+        "leaderboard above has the 95% intervals).",
         lambda p: figures.gradient_error(group, p),
     )
     page.figure(
