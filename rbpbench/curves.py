@@ -13,9 +13,12 @@ The rules, for a task author:
    x-axis name in :data:`LABELS`; otherwise the name is the label and the x
    axis is "step".
 2. **An x companion**: where a series is not sampled at every step, store its
-   x values as a curve named ``<prefix>_epoch``, ``<prefix>_step`` or
-   ``<prefix>_x`` and the values as ``<prefix>_<what>`` of the same length
-   (hopfield: ``probe_epoch`` and ``probe_grad_rel_error``).
+   x values as a curve named ``<word>_..._epoch``, ``<word>_..._step`` or
+   ``<word>_..._x`` and the values as ``<word>_<what>`` of the same length:
+   the x curve serves the curves that share its first word (hopfield:
+   ``probe_epoch`` and ``probe_grad_rel_error``; hyperopt: ``probe_meta_step``
+   and ``probe_grad_rel_error``). The x axis is named by the x curve's
+   remaining words ("epoch", "meta step").
 3. **Not a series**: a curve whose name starts with ``image_`` or ``raw_`` (or
    is in :data:`NOT_SERIES`) holds data that a line plot would garble (pixels,
    say) and is left to the task's own figure.
@@ -71,7 +74,7 @@ class Series:
     @property
     def x_label(self) -> str:
         if self.x_curve is not None:
-            return self.x_curve.rsplit("_", 1)[-1]
+            return self.x_curve.split("_", 1)[1].replace("_", " ")
         return LABELS.get(self.name, ("", "step"))[1]
 
 
@@ -81,13 +84,12 @@ def is_x_curve(name: str) -> bool:
 
 def series_of(names: set[str]) -> list[Series]:
     """The series among a cell's curve names, each with its x companion if it has one."""
-    x_curves = {name.rsplit("_", 1)[0]: name for name in names if is_x_curve(name)}
+    x_curves = {name.split("_", 1)[0]: name for name in sorted(names) if is_x_curve(name)}
     out = []
     for name in sorted(names):
         if name in NOT_SERIES or name.startswith(NOT_SERIES_PREFIXES) or is_x_curve(name):
             continue
-        owners = [prefix for prefix in x_curves if name.startswith(prefix + "_")]
-        out.append(Series(name, x_curves[max(owners, key=len)] if owners else None))
+        out.append(Series(name, x_curves.get(name.split("_", 1)[0])))
     return out
 
 

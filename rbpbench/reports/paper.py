@@ -46,6 +46,7 @@ class Row:
     truncation: int | None
     measured: Aggregate
     text: str  # the measured figure as the leaderboard prints it
+    group: str  # the leaderboard group: the task, with the settings that vary within it
 
     @property
     def difference(self) -> float:
@@ -131,7 +132,7 @@ def compare(frame: pd.DataFrame) -> list[Comparison]:
                     if agg is None:
                         continue
                     text = leaderboard.figure(agg, result)
-                    rows.append(Row(fig, k, agg, text))
+                    rows.append(Row(fig, k, agg, text, group.label))
         if rows:
             out.append(Comparison(name, table["caption"], table["suite"], rows))
     return out
@@ -157,7 +158,7 @@ def cells(row: Row) -> list[str]:
     paper = f"{f.value:g}" + (f" ± {f.spread:g}" if f.spread is not None else "")
     diff = row.difference
     return [
-        f.task,
+        row.group,
         f.method,
         "-" if row.truncation is None else str(row.truncation),
         f.metric,

@@ -38,6 +38,8 @@ def test_curves_are_read_by_the_convention() -> None:
     assert series["probe_grad_rel_error"].x_label == "epoch"
     assert series["meta_loss"].x_curve is None and series["meta_loss"].x_label == "meta step"
     assert curves.Series("new_curve").label == "new curve"
+    hyperopt = {s.name: s for s in curves.series_of({"meta_loss", "probe_meta_step", "probe_x2"})}
+    assert hyperopt["probe_x2"].x_label == "meta step" and hyperopt["meta_loss"].x_curve is None
 
 
 def test_a_report_draws_every_curve_of_a_new_task(tmp_path: Path) -> None:
@@ -98,6 +100,13 @@ def test_the_paper_s_figures_come_beside_cells_run_with_its_preset() -> None:
     assert "| hopfield | rbp | 10 | success | 0% [0, 66] of 2 | 1 | -1.00 |" in paper.markdown(
         [table1]
     )
+    # a setting the preset leaves free and the cells vary splits the comparison
+    split = [
+        row("hopfield", "rbp", 10, 0, success=False, task_params={**TABLE1, "source": source})
+        for source in ("auto", "mnist")
+    ]
+    (table,) = paper.compare(frame(split))
+    assert [r.group for r in table.rows] == ["hopfield (source=auto)", "hopfield (source=mnist)"]
     # the same task at other settings (the quick suite's) is not the paper's experiment
     quick = [row("hopfield", "rbp", 10, 0, success=False, task_params={"epochs": 2, "batch": 10})]
     assert paper.compare(frame(quick)) == []
