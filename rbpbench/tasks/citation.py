@@ -63,6 +63,10 @@ def raw_files_present(folder: Path, name: str) -> bool:
     return all((folder / f"ind.{name.lower()}.{suffix}").exists() for suffix in RAW_SUFFIXES)
 
 
+# Datasets that could not be had, by (name, root): a worker tries a download once, not once per cell.
+UNAVAILABLE: dict[tuple[str, Path], str] = {}
+
+
 @functools.lru_cache(maxsize=4)
 def load_graph(name: str, root: Path) -> Graph:
     """torch_geometric's Planetoid ``name`` from ``<root>/Planetoid/<name>/raw`` (downloaded if possible).
@@ -72,6 +76,8 @@ def load_graph(name: str, root: Path) -> Graph:
     """
     from rbpbench.tasks.geometric import Planetoid
 
+    if (name, root) in UNAVAILABLE:
+        raise DatasetUnavailable(UNAVAILABLE[name, root])
     planetoid_root = root / "Planetoid"
     raw = planetoid_root / name / "raw"
     with exclusive(planetoid_root / f".{name}.lock"):
@@ -81,12 +87,13 @@ def load_graph(name: str, root: Path) -> Graph:
             try:
                 data = Planetoid(str(planetoid_root), name)[0]
             except Exception as exc:  # DNS, HTTP and file errors all mean: not available here
-                raise DatasetUnavailable(
+                UNAVAILABLE[name, root] = (
                     f"{name} is not available offline: place the {name} raw files "
                     f"(ind.{name.lower()}.{{{','.join(RAW_SUFFIXES)}}}) under {raw} "
                     f"(or point --data-dir / {DATA_DIR_ENV} at a root that has them); "
                     f"download failed: {type(exc).__name__}: {exc}"
-                ) from exc
+                )
+                raise DatasetUnavailable(UNAVAILABLE[name, root]) from exc
     # CiteSeer's Planetoid files lack some test documents; the loader adds them
     # as all-zero feature rows with label 0, which are not labelled documents.
     labelled = (data.x.abs().sum(dim=1) > 0).nonzero().flatten()

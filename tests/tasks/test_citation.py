@@ -145,6 +145,10 @@ def test_pubmed_without_its_files_is_a_clear_error(
         DatasetUnavailable, match=r"place the PubMed raw files .* under .*/Planetoid/PubMed/raw"
     ):
         citation.load_graph("PubMed", tmp_path)
+    (tmp_path / "Planetoid").rename(tmp_path / "moved")  # a second call does not try again
+    with pytest.raises(DatasetUnavailable, match="download failed"):
+        citation.load_graph("PubMed", tmp_path)
+    assert not (tmp_path / "Planetoid").exists()
 
 
 def test_a_pubmed_cell_without_data_is_a_skipped_row(tmp_path: Path) -> None:
