@@ -51,13 +51,15 @@ def render(frame: pd.DataFrame) -> str:
         error_name = "vs exact gradient" if has_exact else "vs BPTT"
         seeds = rows.seed.nunique()
         header = f"== {task}: {len(rows)} cells, {seeds} seed(s), mean ± sd over seeds =="
-        trains = bool(rows.success.notna().any())
+        trains = bool(rows.train_loss_final.notna().any())
         sections = []
+        if rows.success.notna().any():
+            sections.append(("success rate (failed cells count as failures)", success_rate(rows)))
+        if rows.test_accuracy.notna().any():
+            title = "test accuracy (%) at the best validation epoch"
+            sections.append((title, pivot(rows, "test_accuracy", ".2f", 100)))
         if trains:
-            sections += [
-                ("success rate (failed cells count as failures)", success_rate(rows)),
-                ("final training loss", pivot(rows, "train_loss_final", ".3g")),
-            ]
+            sections.append(("final training loss", pivot(rows, "train_loss_final", ".3g")))
         if rows.retrieval_error.notna().any():
             title = "retrieval error (fraction of wrong pixels)"
             sections.append((title, pivot(rows, "retrieval_error", ".3f")))
