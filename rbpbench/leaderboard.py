@@ -156,7 +156,8 @@ class Group:
 
     @property
     def trains(self) -> bool:
-        return bool(self.rows.success.notna().any())
+        """A training task: its gradient figures are taken at the initial parameters."""
+        return bool(self.rows.train_loss_final.notna().any() or self.rows.success.notna().any())
 
 
 def _varying_params(rows: pd.DataFrame) -> pd.DataFrame:

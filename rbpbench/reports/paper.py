@@ -19,7 +19,7 @@ from typing import Any
 import pandas as pd
 
 from rbpbench import config, leaderboard
-from rbpbench.stats import Aggregate
+from rbpbench.stats import Aggregate, t_interval
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -36,6 +36,7 @@ class PaperFigure:
     metric: str
     value: float
     spread: float | None
+    extra: str | None = None  # measured from this key of extra_metrics, once per seed
 
 
 @dataclass(frozen=True)
@@ -84,6 +85,7 @@ def figures() -> list[PaperFigure]:
                     f.get("metric", table["metric"]),
                     float(f["value"]),
                     f.get("spread"),
+                    f.get("extra"),
                 )
             )
     return out
@@ -110,6 +112,9 @@ def compare(frame: pd.DataFrame) -> list[Comparison]:
     for name, table in tables().items():
         rows: list[Row] = []
         for fig in (f for f in figures() if f.table == name):
+            if fig.extra is not None:
+                rows += _extra_rows(fig, preset_rows(frame, table["suite"], fig.task))
+                continue
             matched = preset_rows(frame, table["suite"], fig.task)
             matched = matched[matched.method == fig.method]
             if matched.empty:
@@ -136,6 +141,23 @@ def compare(frame: pd.DataFrame) -> list[Comparison]:
         if rows:
             out.append(Comparison(name, table["caption"], table["suite"], rows))
     return out
+
+
+def _extra_rows(fig: PaperFigure, rows: pd.DataFrame) -> list[Row]:
+    """A figure measured by every cell alike (a baseline fitted beside each run): one per seed."""
+    per_seed: dict[int, float] = {}
+    for record in rows.itertuples():
+        extra = json.loads(record.extra_metrics) if isinstance(record.extra_metrics, str) else {}
+        if fig.extra in extra and extra[fig.extra] is not None:
+            per_seed.setdefault(int(record.seed), float(extra[fig.extra]))
+    if not per_seed:
+        return []
+    metric = leaderboard.BY_KEY[fig.metric]
+    values = pd.Series(list(per_seed.values()), dtype="float64")
+    scale = 100.0 if metric.unit == "percent" and values.abs().max() <= 1 else 1.0
+    agg = t_interval((values * scale).tolist())
+    shown = leaderboard.Table(metric, metric.title, {}, set(), scale)
+    return [Row(fig, None, agg, leaderboard.figure(agg, shown), fig.task)]
 
 
 def markdown(comparisons: list[Comparison]) -> str:

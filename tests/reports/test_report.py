@@ -3,6 +3,7 @@ loaded in headless Chromium."""
 
 from __future__ import annotations
 
+import json
 import re
 from pathlib import Path
 
@@ -110,6 +111,26 @@ def test_the_paper_s_figures_come_beside_cells_run_with_its_preset() -> None:
     # the same task at other settings (the quick suite's) is not the paper's experiment
     quick = [row("hopfield", "rbp", 10, 0, success=False, task_params={"epochs": 2, "batch": 10})]
     assert paper.compare(frame(quick)) == []
+
+
+def test_table_2_s_baseline_is_read_once_per_seed_from_the_cells_extra_metrics() -> None:
+    cora = {"hidden": 64, "steps": 100, "epochs": 2000, "lr": 0.001, "momentum": 0.9}
+    cora |= {"weight_decay": 0.0005, "eval_every": 20}
+    rows = [
+        row("cora", method, 5, seed, test_accuracy=0.40 + 0.10 * seed, train_loss_final=1.0,
+            extra_metrics=json.dumps({"baseline_test_accuracy": 0.30 + 0.04 * seed}),
+            task_params=cora)
+        for method in ("tbptt", "neumann-rbp") for seed in range(2)
+    ]  # fmt: skip
+    (table2,) = paper.compare(frame(rows))
+    found = {r.figure.method: r for r in table2.rows}
+    assert set(found) == {"baseline", "tbptt", "neumann-rbp"}
+    assert found["baseline"].measured.n == 2 and found["baseline"].measured.mean == pytest.approx(
+        32
+    )
+    assert found["baseline"].difference == pytest.approx(32 - 39.96)
+    assert found["neumann-rbp"].measured.mean == pytest.approx(45)
+    assert found["neumann-rbp"].text.startswith("45.00 ± ")
 
 
 def test_the_data_file_holds_tables_1_to_3() -> None:
