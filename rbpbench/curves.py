@@ -18,7 +18,9 @@ The rules, for a task author:
    the x curve serves the curves that share its first word (hopfield:
    ``probe_epoch`` and ``probe_grad_rel_error``; hyperopt: ``probe_meta_step``
    and ``probe_grad_rel_error``). The x axis is named by the x curve's
-   remaining words ("epoch", "meta step").
+   remaining words ("epoch", "meta step"). Where the names do not share a
+   first word, :data:`X_OF` pairs them (citation: ``val_accuracy`` with
+   ``eval_epoch``).
 3. **Not a series**: a curve whose name starts with ``image_`` or ``raw_`` (or
    is in :data:`NOT_SERIES`) holds data that a line plot would garble (pixels,
    say) and is left to the task's own figure.
@@ -60,6 +62,15 @@ LABELS: dict[str, tuple[str, str]] = {
 }
 
 
+# series -> the x curve it is plotted against when a cell has both, for x curves that do not
+# share the series' first word (the citation tasks evaluate every few epochs).
+X_OF: dict[str, str] = {
+    "val_accuracy": "eval_epoch",
+    "test_accuracy": "eval_epoch",
+    "val_loss": "eval_epoch",
+}
+
+
 @dataclass(frozen=True)
 class Series:
     """A curve to draw: its name, and where its x values come from (None: the step index)."""
@@ -89,7 +100,9 @@ def series_of(names: set[str]) -> list[Series]:
     for name in sorted(names):
         if name in NOT_SERIES or name.startswith(NOT_SERIES_PREFIXES) or is_x_curve(name):
             continue
-        out.append(Series(name, x_curves.get(name.split("_", 1)[0])))
+        named = X_OF.get(name)
+        x_curve = named if named in names else x_curves.get(name.split("_", 1)[0])
+        out.append(Series(name, x_curve))
     return out
 
 

@@ -39,6 +39,9 @@ def test_curves_are_read_by_the_convention() -> None:
     assert series["probe_grad_rel_error"].x_label == "epoch"
     assert series["meta_loss"].x_curve is None and series["meta_loss"].x_label == "meta step"
     assert curves.Series("new_curve").label == "new curve"
+    citation = {s.name: s for s in curves.series_of({"train_loss", "eval_epoch", "val_accuracy"})}
+    assert citation["val_accuracy"].x_curve == "eval_epoch" and "eval_epoch" not in citation
+    assert citation["train_loss"].x_curve is None
     hyperopt = {s.name: s for s in curves.series_of({"meta_loss", "probe_meta_step", "probe_x2"})}
     assert hyperopt["probe_x2"].x_label == "meta step" and hyperopt["meta_loss"].x_curve is None
 
