@@ -17,29 +17,20 @@ from pathlib import Path
 
 import pandas as pd
 
+from rbpbench.reports import paper
 from rbpbench.results import read, read_curves
 
 TASKS = ("cora", "citeseer", "pubmed")
 METHODS = ("bptt", "tbptt", "rbp", "cg-rbp", "neumann-rbp")
-# Table 2 of the paper: test accuracy (%), mean +- std over 10 seeds.
-PAPER_TABLE2 = {
-    "cora": {
-        "baseline": (39.96, 3.4),
-        "bptt": (24.48, 6.6),
-        "tbptt": (46.55, 6.4),
-        "rbp": (29.25, 3.3),
-        "cg-rbp": (39.26, 6.5),
-        "neumann-rbp": (46.63, 8.3),
-    },
-    "pubmed": {
-        "baseline": (40.41, 3.1),
-        "bptt": (47.05, 3.1),
-        "tbptt": (53.41, 6.7),
-        "rbp": (48.55, 3.4),
-        "cg-rbp": (49.12, 2.9),
-        "neumann-rbp": (53.56, 5.3),
-    },
-}
+
+
+def paper_table2() -> dict[str, dict[str, tuple[float, float]]]:
+    """Table 2 of the paper, test accuracy (%) mean ± std over 10 seeds, from the package's data file."""
+    table: dict[str, dict[str, tuple[float, float]]] = {}
+    for fig in paper.figures():
+        if fig.table == "table2":
+            table.setdefault(fig.task, {})[fig.method] = (fig.value, float(fig.spread or 0.0))
+    return table
 
 
 def accuracies(frame: pd.DataFrame) -> pd.DataFrame:
@@ -67,6 +58,7 @@ def accuracies(frame: pd.DataFrame) -> pd.DataFrame:
 def table2(frame: pd.DataFrame) -> str:
     """Markdown: per dataset, each method's measured accuracy beside the paper's, with the difference."""
     measured = accuracies(frame)
+    published = paper_table2()
     lines = [
         "| dataset | column | measured (%) | seeds | of which diverged | failed | paper (%) | measured - paper |",
         "|---|---|---|---|---|---|---|---|",
@@ -85,9 +77,9 @@ def table2(frame: pd.DataFrame) -> str:
                 if len(values) > 1
                 else (f"{values.mean():.2f}" if len(values) else "-")
             )
-            paper = PAPER_TABLE2.get(task, {}).get(column)
-            paper_text = f"{paper[0]:.2f} ± {paper[1]:.1f}" if paper else "-"
-            difference = f"{values.mean() - paper[0]:+.2f}" if paper and len(values) else "-"
+            expected = published.get(task, {}).get(column)
+            paper_text = f"{expected[0]:.2f} ± {expected[1]:.1f}" if expected else "-"
+            difference = f"{values.mean() - expected[0]:+.2f}" if expected and len(values) else "-"
             lines.append(
                 f"| {task} | {column} | {text} | {len(values)} | {diverged} | {failed} "
                 f"| {paper_text} | {difference} |"
