@@ -8,7 +8,7 @@ import torch
 
 from rbpbench.hookspecs import hookimpl
 from rbpbench.problem import TaskSpec
-from rbpbench.tasks import contractive, hopfield, hyperopt
+from rbpbench.tasks import citation, contractive, hopfield, hyperopt
 
 
 @hookimpl
@@ -28,6 +28,18 @@ def rbpbench_tasks() -> list[TaskSpec]:
             defaults=dataclasses.asdict(hopfield.Settings()),
             dtype=torch.float32,
             train=hopfield.train,
+        ),
+        *(
+            TaskSpec(
+                task.name,
+                task.build,
+                f"GRU graph network classifying {task.dataset} documents from 1% labelled nodes, "
+                "trained with SGD (section 5.2)",
+                defaults=task.defaults,
+                dtype=torch.float32,
+                train=task.train,
+            )
+            for task in (citation.CORA, citation.CITESEER, citation.PUBMED)
         ),
         TaskSpec(
             "hyperopt",
