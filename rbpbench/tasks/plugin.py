@@ -8,7 +8,7 @@ import torch
 
 from rbpbench.hookspecs import hookimpl
 from rbpbench.problem import TaskSpec
-from rbpbench.tasks import citation, contractive, hopfield
+from rbpbench.tasks import citation, contractive, hopfield, hyperopt
 
 
 @hookimpl
@@ -40,5 +40,13 @@ def rbpbench_tasks() -> list[TaskSpec]:
                 train=task.train,
             )
             for task in (citation.CORA, citation.CITESEER, citation.PUBMED)
+        ),
+        TaskSpec(
+            "hyperopt",
+            hyperopt.build,
+            "16 learning rates and momenta of an MNIST MLP's SGD, learned through training (section 5.3)",
+            defaults=dataclasses.asdict(hyperopt.Settings()),
+            dtype=torch.float32,
+            train=hyperopt.train,
         ),
     ]
