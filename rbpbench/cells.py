@@ -37,8 +37,13 @@ def expand(
     devices: Sequence[str],
     task_params: Mapping[str, Mapping[str, Any]] | None = None,
     method_params: Mapping[str, Mapping[str, Any]] | None = None,
+    task_grid: Mapping[str, Mapping[str, Sequence[Any]]] | None = None,
 ) -> list[Cell]:
-    """Every combination, task- and seed-major so that cells sharing a BPTT reference run together."""
+    """Every combination, task- and seed-major so that cells sharing a BPTT reference run together.
+
+    ``task_grid`` gives, per task, parameters with several values: each
+    combination is one more set of cells, with those values over ``task_params``.
+    """
     task_params, method_params = task_params or {}, method_params or {}
     return [
         Cell(
@@ -47,12 +52,23 @@ def expand(
             k,
             seed,
             device,
-            tuple(sorted(task_params.get(task, {}).items())),
+            params,
             tuple(sorted(method_params.get(method, {}).items())),
         )
-        for task, device, seed, method, k in itertools.product(
-            tasks, devices, seeds, methods, truncations
-        )
+        for task in tasks
+        for params in param_variants(task_params.get(task, {}), (task_grid or {}).get(task, {}))
+        for device, seed, method, k in itertools.product(devices, seeds, methods, truncations)
+    ]
+
+
+def param_variants(
+    base: Mapping[str, Any], grid: Mapping[str, Sequence[Any]]
+) -> list[tuple[tuple[str, Any], ...]]:
+    """``base`` updated with each combination of the grid's values, as sorted items."""
+    keys = list(grid)
+    return [
+        tuple(sorted({**base, **dict(zip(keys, values, strict=True))}.items()))
+        for values in itertools.product(*(grid[k] for k in keys))
     ]
 
 

@@ -1,4 +1,4 @@
-"""The command line: ``rbpbench run``, ``rbpbench list`` and ``rbpbench plugins``."""
+"""The command line: ``rbpbench run``, ``list``, ``plugins``, ``leaderboard`` and ``report``."""
 
 from __future__ import annotations
 
@@ -179,6 +179,49 @@ def command_plugins(args: argparse.Namespace) -> int:
     return 1 if problems or broken else 0
 
 
+def results_table(folder: str) -> Any:
+    """The results table of a folder, or a UsageError that says what is wrong with it."""
+    from rbpbench.results import read
+
+    path = Path(folder)
+    if not (path / "results.parquet").is_file():
+        raise UsageError(f"{path} holds no results table (results.parquet); run rbpbench run first")
+    try:
+        frame = read(path)
+    except Exception as exc:
+        raise UsageError(f"{path / 'results.parquet'} cannot be read: {exc}") from None
+    missing = [
+        c for c in ("cell_id", "task", "method", "truncation", "seed", "status") if c not in frame
+    ]
+    if missing:
+        raise UsageError(
+            f"{path / 'results.parquet'} is not an rbpbench results table (no {', '.join(missing)})"
+        )
+    if frame.empty:
+        raise UsageError(f"{path / 'results.parquet'} holds no cells")
+    return frame
+
+
+def command_leaderboard(args: argparse.Namespace) -> int:
+    frame = results_table(args.results)
+    names = [n for value in args.metric or [] for n in value.split(",") if n]
+    try:
+        metrics = leaderboard.resolve_metrics(names) if names else None
+    except ValueError as exc:
+        raise UsageError(str(exc)) from None
+    sys.stdout.write(leaderboard.render(frame, args.format, metrics))
+    return 0
+
+
+def command_report(args: argparse.Namespace) -> int:
+    from rbpbench.reports import report
+
+    results_table(args.results)
+    path = report.write(Path(args.results))
+    print(f"wrote {path} and its figures in {path.parent / report.FIGURES_DIR}")
+    return 0
+
+
 def add_plugin_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "-p",
@@ -260,6 +303,25 @@ def make_parser() -> argparse.ArgumentParser:
     )
     add_plugin_options(plugins)
     plugins.set_defaults(handler=command_plugins)
+    board = commands.add_parser(
+        "leaderboard",
+        help="per task, methods x truncation: mean and 95%% interval over seeds of each metric",
+    )
+    board.add_argument("results", metavar="RESULTS_DIR")
+    board.add_argument(
+        "--metric",
+        action="append",
+        metavar="NAMES",
+        help="comma-separated metrics instead of the task's own (e.g. grad_error,wall_time); "
+        f"valid: {', '.join(leaderboard.metric_names())}",
+    )
+    board.add_argument("--format", choices=leaderboard.FORMATS, default="text")
+    board.set_defaults(handler=command_leaderboard)
+    report = commands.add_parser(
+        "report", help="write RESULTS_DIR/report.html with its figures in RESULTS_DIR/report/"
+    )
+    report.add_argument("results", metavar="RESULTS_DIR")
+    report.set_defaults(handler=command_report)
     return parser
 
 

@@ -36,6 +36,7 @@ KEYS = {
     "timeout",
     "task_params",
     "method_params",
+    "task_grid",
     "executor",
     "address",
     "cpus_per_cell",
@@ -65,7 +66,7 @@ def read_toml(text: str, where: str) -> dict[str, Any]:
         raise UsageError(
             f"{where}: unknown keys {', '.join(unknown)}; valid: {', '.join(sorted(KEYS))}"
         )
-    for key in ("task_params", "method_params"):
+    for key in ("task_params", "method_params", "task_grid"):
         tables = data.get(key, {})
         if not isinstance(tables, dict) or not all(isinstance(v, dict) for v in tables.values()):
             raise UsageError(f"{where}: {key} must hold one table per name, e.g. [{key}.NAME]")
@@ -89,12 +90,12 @@ def load_config(path: str) -> dict[str, Any]:
 
 def layer(*layers: Mapping[str, Any]) -> dict[str, Any]:
     """Later layers win; parameter tables are merged per name and key."""
-    merged: dict[str, Any] = {"task_params": {}, "method_params": {}}
+    merged: dict[str, Any] = {"task_params": {}, "method_params": {}, "task_grid": {}}
     for settings in layers:
         for key, value in settings.items():
             if value is None:
                 continue
-            if key in ("task_params", "method_params"):
+            if key in ("task_params", "method_params", "task_grid"):
                 for name, params in value.items():
                     merged[key].setdefault(name, {}).update(params)
             else:
@@ -201,6 +202,26 @@ def parse_params(pairs: Sequence[str], option: str) -> dict[str, Any]:
     return params
 
 
+def parse_grid(
+    tables: Mapping[str, Mapping[str, Any]], tasks: Sequence[str], flags: Mapping[str, Any]
+) -> dict[str, dict[str, list[Any]]]:
+    """``[task_grid.NAME]`` tables: each key's list of values is one more axis of cells.
+
+    A key also set by a ``--task-param`` flag is no axis: the flag's single value wins.
+    """
+    grid: dict[str, dict[str, list[Any]]] = {}
+    for task in tasks:
+        for key, values in tables.get(task, {}).items():
+            if key in flags:
+                continue
+            if not isinstance(values, list) or not values:
+                raise UsageError(
+                    f"task_grid.{task}.{key} must be a non-empty list of values, not {values!r}"
+                )
+            grid.setdefault(task, {})[key] = values
+    return grid
+
+
 @dataclass
 class SweepSettings:
     """The resolved, checked description of a sweep."""
@@ -214,6 +235,7 @@ class SweepSettings:
     timeout: float | None = None
     task_params: dict[str, dict[str, Any]] = field(default_factory=dict)
     method_params: dict[str, dict[str, Any]] = field(default_factory=dict)
+    task_grid: dict[str, dict[str, list[Any]]] = field(default_factory=dict)
     # Where cells run: the local pool, or a Ray cluster (address None: a local Ray instance).
     executor: str = "local"
     address: str | None = None
@@ -302,6 +324,8 @@ def resolve(
     specs_t = {name: registry.task(name) for name in registry.tasks}
     specs_m = {name: registry.method(name) for name in registry.methods}
     check_params(task_params, specs_t, "build", "--task-param")
+    task_grid = parse_grid(merged["task_grid"], tasks, task_param_flags or {})
+    check_params(task_grid, specs_t, "build", "task_grid")
     check_params(method_params, specs_m, "compute", "--method-param")
     timeout = merged.get("timeout")
     executor, address, cpus_per_cell, gpus_per_cell = parse_executor(
@@ -319,6 +343,7 @@ def resolve(
         else parse_positive(timeout, "--timeout", float),
         task_params=task_params,
         method_params=method_params,
+        task_grid=task_grid,
         executor=executor,
         address=address,
         cpus_per_cell=cpus_per_cell,

@@ -6,6 +6,8 @@ place: the unrolled methods keep the last few steps, the RBP family keeps one.
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import torch
 from torch import Tensor
 
@@ -73,6 +75,9 @@ class LossTerms:
 class LastStep:
     """The last step ``h_T = F_{T-1}(h_{T-1})`` kept as a graph.
 
+    ``linearised`` replaces F_{T-1} by another map of the state (one of
+    ``Problem.adjoint_steps``); its graph then gives every product below.
+
     J is evaluated at ``h_{T-1}``, the point the step starts from (as in the
     authors' code). ``vjp`` gives J^T v, ``jvp`` gives J v by the
     double-backward trick (the VJP is linear in its cotangent u, so
@@ -80,11 +85,19 @@ class LastStep:
     (dF/dw_F)^T z. No Jacobian is ever written out per task.
     """
 
-    def __init__(self, problem: Problem, previous_state: State) -> None:
+    def __init__(
+        self,
+        problem: Problem,
+        previous_state: State,
+        linearised: Callable[[State], State] | None = None,
+    ) -> None:
         self.problem = problem
         self.h_prev = S.detached_leaf(previous_state)
         with torch.enable_grad():
-            self.h_next = problem.step(self.h_prev, problem.num_steps - 1)
+            if linearised is None:
+                self.h_next = problem.step(self.h_prev, problem.num_steps - 1)
+            else:
+                self.h_next = linearised(self.h_prev)
         self._cotangent: tuple[Tensor, ...] | None = None
         self._jt_of_cotangent: tuple[Tensor, ...] | None = None
 

@@ -31,6 +31,13 @@ class Problem:
     differentiates through it. ``loss(h)`` is a scalar and may use ``params_g``
     and, directly, ``params_f``. ``exact_gradient``, where the task can compute
     one, returns the exact implicit gradient dL/dw_F at the fixed point.
+
+    ``adjoint_steps`` (optional) are the maps whose linearisations at h_{T-1}
+    the RBP family uses instead of the last step's: each gives one adjoint
+    system and one gradient, and the gradients are averaged. A task whose
+    steps see a different mini-batch each (hyperopt) offers the full set or
+    several mini-batches here. Empty (the default): the last step,
+    ``step(h, num_steps - 1)``. BPTT and TBPTT never use them.
     """
 
     step: Callable[[State, int], State]
@@ -42,6 +49,7 @@ class Problem:
     seed: int = 0
     exact_gradient: Callable[[], tuple[Tensor, ...]] | None = None
     info: dict[str, Any] = field(default_factory=dict)
+    adjoint_steps: tuple[Callable[[State], State], ...] = ()
 
 
 @dataclass

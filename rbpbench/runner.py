@@ -74,7 +74,9 @@ class References:
 
 
 def spectral_radius_at_end(problem: Problem, iterations: int) -> float:
-    step = LastStep(problem, run_without_graph(problem, problem.num_steps - 1))
+    """rho(J) of the linearisation the RBP family uses: the last step, or the first adjoint step."""
+    linearised = problem.adjoint_steps[0] if problem.adjoint_steps else None
+    step = LastStep(problem, run_without_graph(problem, problem.num_steps - 1), linearised)
     return measure.spectral_radius(step.vjp, step.h_prev, iterations=iterations, seed=problem.seed)
 
 

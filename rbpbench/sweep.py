@@ -31,6 +31,7 @@ def plan_cells(settings: SweepSettings) -> list[Cell]:
         settings.devices,
         settings.task_params,
         settings.method_params,
+        settings.task_grid,
     )
 
 

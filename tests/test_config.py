@@ -82,3 +82,22 @@ def test_config_file_sets_parameters(tmp_path: Path, capsys) -> None:
     out = capsys.readouterr().out
     assert "3 cells" not in out and out.strip().endswith("1 cells")
     assert "'spectral_norm': 0.5" in out and "'init': 'zeros'" in out
+
+
+def test_a_task_grid_crosses_parameter_values_and_a_flag_fixes_one(registry, capsys) -> None:
+    settings = resolve(load_suite("paper-table3"), registry)
+    assert settings.task_grid == {"hyperopt": {"rbp_jacobian": ["last", "full"]}}
+    assert main(["run", "--suite", "paper-fig4", "--dry-run"]) == 0
+    lines = capsys.readouterr().out.strip().splitlines()
+    assert lines[-1] == "32 cells"  # 4 T x 4 methods x 2 truncations
+    assert sum("'steps': 1500" in line for line in lines) == 8
+    assert main(["run", "--suite", "paper-fig4", "--task-param", "steps=100", "--dry-run"]) == 0
+    assert capsys.readouterr().out.strip().splitlines()[-1] == "8 cells"
+
+
+def test_a_bad_task_grid_is_a_usage_error(registry) -> None:
+    base = {"tasks": "hyperopt"}
+    with pytest.raises(UsageError, match="must be a non-empty list"):
+        resolve({**base, "task_grid": {"hyperopt": {"steps": 100}}}, registry)
+    with pytest.raises(UsageError, match="hyperopt has no parameter nope"):
+        resolve({**base, "task_grid": {"hyperopt": {"nope": [1, 2]}}}, registry)

@@ -8,6 +8,7 @@ import pandas as pd
 import pytest
 
 from rbpbench.reports import hopfield as hopfield_report
+from rbpbench.reports import hyperopt as hyperopt_report
 from rbpbench.results import read_curves
 from tests.helpers import run_cli
 
@@ -34,3 +35,22 @@ def test_the_hopfield_quick_preset_runs_end_to_end(tmp_path: Path) -> None:
     assert "| rbp | " in table and "/ 1%" in table  # the paper's RBP success at K=10
     png = (out / "hopfield-retrievals.png").read_bytes()
     assert png.startswith(b"\x89PNG") and len(png) > 5000
+
+
+def test_the_hyperopt_quick_preset_runs_end_to_end(tmp_path: Path) -> None:
+    out = tmp_path / "hyperopt"
+    args = ["--suite", "quick", "--tasks", "hyperopt", "--seeds", "0", "--truncation", "5"]
+    result = run_cli("run", *args, "--out", str(out))
+    assert result.returncode == 0, result.stderr
+    frame = pd.read_parquet(out / "results.parquet")
+    assert len(frame) == 5 and set(frame.status) == {"ok"}, frame[["method", "error"]]
+    assert (frame.epochs == 2).all() and frame.peak_memory_bytes.gt(0).all()
+    for cell_id in frame.cell_id:
+        names = set(read_curves(out, cell_id).curve)
+        assert {"meta_loss", "inner_train_loss", "probe_grad_rel_error"} <= names
+    # the task's report: Table 3's ratios, cost against T, the meta-training table and figures
+    assert hyperopt_report.main([str(out)]) == 0
+    report = (out / "hyperopt-report.md").read_text()
+    assert "| 10 | 0 | full | 5 | x" in report and "| neumann-rbp | 5 | full |" in report
+    for name in ("hyperopt-fig4.png", "hyperopt-fig5.png"):
+        assert (out / name).read_bytes().startswith(b"\x89PNG")

@@ -3,7 +3,9 @@
 All three run the first T - 1 steps without a graph, keep a graph for the
 last step only, solve the adjoint system (I - J^T) z = dL/dh at that step with
 their own solver from :mod:`rbpbench.adjoint`, and return (dF/dw_F)^T z. Their
-memory therefore does not grow with T.
+memory therefore does not grow with T. A problem may name other maps to
+linearise instead of the last step (``Problem.adjoint_steps``, e.g. a
+full-batch training step); the gradient is then averaged over them.
 """
 
 from __future__ import annotations
@@ -24,7 +26,15 @@ Solve = Callable[[LastStep, State], adjoint.AdjointSolution]
 
 
 def implicit_gradient(problem: Problem, solve: Solve, *, diagnostics: bool) -> GradientResult:
-    step = LastStep(problem, run_without_graph(problem, problem.num_steps - 1))
+    h_prev = run_without_graph(problem, problem.num_steps - 1)
+    if not problem.adjoint_steps:
+        return one_linearisation(problem, LastStep(problem, h_prev), solve, diagnostics=diagnostics)
+    return averaged_linearisations(problem, h_prev, solve, diagnostics=diagnostics)
+
+
+def one_linearisation(
+    problem: Problem, step: LastStep, solve: Solve, *, diagnostics: bool
+) -> GradientResult:
     terms = LossTerms(problem, step.h_next)
     solution = solve(step, terms.g)
     residual = step.adjoint_residual(solution.z, terms.g) if diagnostics else math.nan
@@ -36,6 +46,39 @@ def implicit_gradient(problem: Problem, solve: Solve, *, diagnostics: bool) -> G
         forward_residual=step.forward_residual,
         backward_iterations=solution.iterations,
         backward_residual=residual,
+    )
+
+
+def averaged_linearisations(
+    problem: Problem, h_prev: State, solve: Solve, *, diagnostics: bool
+) -> GradientResult:
+    """The loss at the true h_T; the gradient averaged over ``problem.adjoint_steps``.
+
+    One linearisation is alive at a time, so memory stays that of one step.
+    ``backward_iterations`` is the largest count, ``backward_residual`` the mean.
+    """
+    with torch.no_grad():
+        h_last = problem.step(S.detach(h_prev), problem.num_steps - 1)
+    terms = LossTerms(problem, h_last)
+    total: tuple[torch.Tensor, ...] | None = None
+    iterations, residuals = 0, []
+    for linearised in problem.adjoint_steps:
+        step = LastStep(problem, h_prev, linearised)
+        solution = solve(step, terms.g)
+        if diagnostics:
+            residuals.append(step.adjoint_residual(solution.z, terms.g))
+        part = step.param_vjp(solution.z, release=True)
+        total = part if total is None else tuple(a + b for a, b in zip(total, part, strict=True))
+        iterations = max(iterations, solution.iterations)
+    assert total is not None
+    count = len(problem.adjoint_steps)
+    return GradientResult(
+        loss=terms.loss,
+        grads_f=tuple(a / count + b for a, b in zip(total, terms.direct_f, strict=True)),
+        grads_g=terms.grads_g,
+        forward_residual=float(S.norm(S.sub(h_last, S.detach(h_prev)))),
+        backward_iterations=iterations,
+        backward_residual=sum(residuals) / len(residuals) if residuals else math.nan,
     )
 
 

@@ -13,30 +13,44 @@ from pathlib import Path
 
 import pandas as pd
 
-from rbpbench.leaderboard import success_rate
+from rbpbench.reports import paper
 from rbpbench.results import read, read_curves
 
-# Table 1 of the paper: success rate (%) out of 100 trials.
-PAPER_TABLE1 = {
-    "tbptt": {10: 100, 20: 100, 30: 100},
-    "rbp": {10: 1, 20: 4, 30: 99},
-    "cg-rbp": {10: 100, 20: 100, 30: 100},
-    "neumann-rbp": {10: 100, 20: 100, 30: 100},
-}
+
+def paper_table1() -> dict[str, dict[int, float]]:
+    """Table 1 of the paper, success rate (%) out of 100 trials, from the package's data file."""
+    table: dict[str, dict[int, float]] = {}
+    for fig in paper.figures():
+        if fig.table == "table1" and fig.truncation is not None:
+            table.setdefault(fig.method, {})[fig.truncation] = fig.value
+    return table
+
+
+def success_rate(frame: pd.DataFrame) -> pd.DataFrame:
+    """Percentage of cells that succeeded, out of all cells: a failed cell counts as a failure."""
+    methods = list(dict.fromkeys(frame.method))
+    counts = frame.assign(hit=frame.success.fillna(False).astype(bool)).groupby(
+        ["method", "truncation"]
+    )["hit"]
+    table = (counts.mean() * 100).map(lambda v: f"{v:.0f}%") + counts.size().map(
+        lambda n: f" of {n}"
+    )
+    return table.unstack("truncation").reindex(methods).fillna("-")
 
 
 def table1(frame: pd.DataFrame) -> str:
     """Markdown: measured success rate (and trial count) beside the paper's, per method and K."""
     rows = frame[frame.task == "hopfield"]
     measured = success_rate(rows)
+    published = paper_table1()
     lines = [
         "| method | " + " | ".join(f"K={k}: measured / paper" for k in measured.columns) + " |"
     ]
     lines.append("|---" * (len(measured.columns) + 1) + "|")
     for method, values in measured.iterrows():
-        paper = PAPER_TABLE1.get(str(method), {})
+        expected = published.get(str(method), {})
         cells = [
-            f"{values[k]} / {paper[k]}%" if k in paper else f"{values[k]} / -"
+            f"{values[k]} / {expected[k]:g}%" if k in expected else f"{values[k]} / -"
             for k in measured.columns
         ]
         lines.append(f"| {method} | " + " | ".join(cells) + " |")

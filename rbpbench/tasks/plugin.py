@@ -8,7 +8,7 @@ import torch
 
 from rbpbench.hookspecs import hookimpl
 from rbpbench.problem import TaskSpec
-from rbpbench.tasks import contractive, hopfield
+from rbpbench.tasks import citation, contractive, hopfield, hyperopt
 
 
 @hookimpl
@@ -28,5 +28,25 @@ def rbpbench_tasks() -> list[TaskSpec]:
             defaults=dataclasses.asdict(hopfield.Settings()),
             dtype=torch.float32,
             train=hopfield.train,
+        ),
+        *(
+            TaskSpec(
+                task.name,
+                task.build,
+                f"GRU graph network classifying {task.dataset} documents from 1% labelled nodes, "
+                "trained with SGD (section 5.2)",
+                defaults=task.defaults,
+                dtype=torch.float32,
+                train=task.train,
+            )
+            for task in (citation.CORA, citation.CITESEER, citation.PUBMED)
+        ),
+        TaskSpec(
+            "hyperopt",
+            hyperopt.build,
+            "16 learning rates and momenta of an MNIST MLP's SGD, learned through training (section 5.3)",
+            defaults=dataclasses.asdict(hyperopt.Settings()),
+            dtype=torch.float32,
+            train=hyperopt.train,
         ),
     ]
