@@ -79,6 +79,10 @@ def settings_from(args: argparse.Namespace) -> dict[str, Any]:
         "device": args.device,
         "jobs": args.jobs,
         "timeout": args.timeout,
+        "executor": args.executor,
+        "address": args.address,
+        "cpus_per_cell": args.cpus_per_cell,
+        "gpus_per_cell": args.gpus_per_cell,
     }
     layers.append({k: v for k, v in flags.items() if v is not None})
     return config.layer(*layers)
@@ -249,6 +253,25 @@ def make_parser() -> argparse.ArgumentParser:
     run.add_argument(
         "--timeout",
         help=f"seconds per cell before its worker is killed (default {d['timeout']}; 0: none)",
+    )
+    run.add_argument(
+        "--executor",
+        help="where cells run: local (worker processes here, the default) or ray (docs/ray.md)",
+    )
+    run.add_argument(
+        "--address",
+        metavar="HOST:PORT",
+        help="with --executor ray: the Ray cluster to join (default: start a local Ray instance)",
+    )
+    run.add_argument(
+        "--cpus-per-cell",
+        metavar="N",
+        help=f"with --executor ray: CPUs a cell asks Ray for (default {d['cpus_per_cell']})",
+    )
+    run.add_argument(
+        "--gpus-per-cell",
+        metavar="N",
+        help=f"with --executor ray: GPUs a cuda cell asks Ray for, e.g. 0.5 (default {d['gpus_per_cell']})",
     )
     run.add_argument(
         "--out",

@@ -37,7 +37,12 @@ KEYS = {
     "task_params",
     "method_params",
     "task_grid",
+    "executor",
+    "address",
+    "cpus_per_cell",
+    "gpus_per_cell",
 }
+EXECUTORS = ("local", "ray")
 
 
 class UsageError(Exception):
@@ -231,6 +236,11 @@ class SweepSettings:
     task_params: dict[str, dict[str, Any]] = field(default_factory=dict)
     method_params: dict[str, dict[str, Any]] = field(default_factory=dict)
     task_grid: dict[str, dict[str, list[Any]]] = field(default_factory=dict)
+    # Where cells run: the local pool, or a Ray cluster (address None: a local Ray instance).
+    executor: str = "local"
+    address: str | None = None
+    cpus_per_cell: float = 1.0
+    gpus_per_cell: float = 1.0
 
 
 DEFAULTS: dict[str, Any] = {
@@ -242,7 +252,29 @@ DEFAULTS: dict[str, Any] = {
     "device": "cpu",
     "jobs": 1,
     "timeout": 3600,
+    "executor": "local",
+    "cpus_per_cell": 1,
+    "gpus_per_cell": 1,
 }
+
+
+def parse_executor(
+    executor: Any, address: Any, cpus: Any, gpus: Any
+) -> tuple[str, str | None, float, float]:
+    """The executor, the Ray address, and what one cell asks Ray for (CPUs; GPUs for a CUDA cell)."""
+    if executor not in EXECUTORS:
+        raise UsageError(f"unknown executor {executor!r}; valid: {', '.join(EXECUTORS)}")
+    if address is not None and (not isinstance(address, str) or not address.strip()):
+        raise UsageError(f"--address takes HOST:PORT, not {address!r}")
+    if address is not None and executor != "ray":
+        raise UsageError("--address is the address of a Ray cluster: it needs --executor ray")
+    cpus = parse_positive(cpus, "--cpus-per-cell", float)
+    gpus = parse_positive(gpus, "--gpus-per-cell", float)
+    if gpus > 1 and not gpus.is_integer():
+        raise UsageError(
+            f"--gpus-per-cell must be a fraction up to 1 or a whole number, not {gpus:g}"
+        )
+    return executor, address.strip() if address else None, cpus, gpus
 
 
 def accepted_params(function: Any, defaults: Mapping[str, Any]) -> set[str] | None:
@@ -296,6 +328,9 @@ def resolve(
     check_params(task_grid, specs_t, "build", "task_grid")
     check_params(method_params, specs_m, "compute", "--method-param")
     timeout = merged.get("timeout")
+    executor, address, cpus_per_cell, gpus_per_cell = parse_executor(
+        merged["executor"], merged.get("address"), merged["cpus_per_cell"], merged["gpus_per_cell"]
+    )
     return SweepSettings(
         tasks=tasks,
         methods=methods,
@@ -309,4 +344,8 @@ def resolve(
         task_params=task_params,
         method_params=method_params,
         task_grid=task_grid,
+        executor=executor,
+        address=address,
+        cpus_per_cell=cpus_per_cell,
+        gpus_per_cell=gpus_per_cell,
     )

@@ -14,6 +14,7 @@ from typing import Any
 import torch
 
 import rbpbench
+from rbpbench.plugins import Registry
 
 GIT_TIMEOUT_S = 5.0
 
@@ -68,6 +69,14 @@ def _cuda_devices() -> list[dict[str, Any]]:
     return devices
 
 
+def plugin_versions(registry: Registry) -> dict[str, str]:
+    """Plugin name -> "distribution version" of every plugin providing a method or a task."""
+    return {
+        origin.plugin: f"{origin.distribution} {origin.version}"
+        for _, origin in [*registry.methods.values(), *registry.tasks.values()]
+    }
+
+
 def capture_environment(run_id: str, plugin_versions: dict[str, str]) -> dict[str, Any]:
     """A JSON-serialisable description of this machine, its software and the checkout."""
     commit = _git("rev-parse", "HEAD")
@@ -75,6 +84,15 @@ def capture_environment(run_id: str, plugin_versions: dict[str, str]) -> dict[st
     return {
         "run_id": run_id,
         "time": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+        **machine_environment(plugin_versions),
+        "git_commit": commit.strip() if commit is not None else None,
+        "git_dirty": bool(status.strip()) if status is not None else None,
+    }
+
+
+def machine_environment(plugin_versions: dict[str, str]) -> dict[str, Any]:
+    """This machine and its software: what environment.json records for each node that ran cells."""
+    return {
         "python_version": platform.python_version(),
         "python_implementation": platform.python_implementation(),
         "platform": platform.platform(),
@@ -89,8 +107,6 @@ def capture_environment(run_id: str, plugin_versions: dict[str, str]) -> dict[st
         "cuda_devices": _cuda_devices(),
         "rbpbench_version": rbpbench.__version__,
         "plugin_versions": dict(plugin_versions),
-        "git_commit": commit.strip() if commit is not None else None,
-        "git_dirty": bool(status.strip()) if status is not None else None,
     }
 
 

@@ -7,9 +7,11 @@ time limit says ``timeout``; one whose worker died says ``crashed``.
 
 from __future__ import annotations
 
+import contextlib
 import multiprocessing as mp
 import os
 import signal
+import socket
 import threading
 import time
 from collections import deque
@@ -26,7 +28,11 @@ RowCallback = Callable[[dict[str, Any]], None]
 
 
 class Executor(Protocol):
+    """Runs cells and calls ``on_row`` once per cell; ``close`` releases what it holds."""
+
     def run(self, cells: Sequence[Cell], on_row: RowCallback) -> None: ...
+
+    def close(self) -> None: ...
 
 
 @dataclass(frozen=True)
@@ -94,7 +100,11 @@ class LocalPool:
 
     Spawned rather than forked, so that CUDA works in the workers. A worker at
     its time limit is killed and replaced; so is one that dies. Torch threads
-    are split between the workers so that they do not oversubscribe the cores.
+    are split between the workers so that they do not oversubscribe the cores
+    (or ``threads`` each, when given). Every row is stamped with ``node``, the
+    machine the cells ran on. With ``keep_workers``, idle workers outlive
+    ``run`` for the next call (the Ray executor runs one cell per call) until
+    ``close``.
     """
 
     registry: Registry
@@ -102,10 +112,14 @@ class LocalPool:
     run_id: str
     jobs: int = 1
     timeout: float | None = None
+    threads: int | None = None
+    node: str = field(default_factory=socket.gethostname)
+    keep_workers: bool = False
     _context: Any = field(default_factory=lambda: mp.get_context("spawn"))
+    _idle: list[Worker] = field(default_factory=list)
 
     def _start(self) -> Worker:
-        threads = max(1, (os.cpu_count() or 1) // self.jobs)
+        threads = self.threads or max(1, (os.cpu_count() or 1) // self.jobs)
         parent, child = self._context.Pipe()
         process = self._context.Process(
             target=worker_main,
@@ -118,12 +132,22 @@ class LocalPool:
 
     def _failure_row(self, cell: Cell, status: str, error: str, started: float) -> dict[str, Any]:
         row = identity_row(cell, self.registry, self.run_id)
-        row.update(status=status, error=error, cell_time_s=time.monotonic() - started)
+        row.update(
+            status=status, error=error, cell_time_s=time.monotonic() - started, node=self.node
+        )
         return row
 
     def run(self, cells: Sequence[Cell], on_row: RowCallback) -> None:
         pending = deque(cells)
-        workers = [self._start() for _ in range(min(self.jobs, len(pending)))]
+        workers: list[Worker] = []
+        for w in self._idle:  # kept from the last run; one that died idle is let go
+            if w.process.is_alive():
+                workers.append(w)
+            else:
+                self._stop(w)
+        self._idle = []
+        workers += [self._start() for _ in range(min(self.jobs, len(pending)) - len(workers))]
+        kept: list[Worker] = []
         try:
             while pending or any(w.cell for w in workers):
                 for w in workers:
@@ -131,7 +155,9 @@ class LocalPool:
                         w.cell = pending.popleft()
                         w.started = time.monotonic()
                         w.deadline = w.started + (self.timeout or float("inf"))
-                        w.connection.send(w.cell)
+                        # A worker that died idle cannot take it: _service reports it crashed.
+                        with contextlib.suppress(OSError):
+                            w.connection.send(w.cell)
                 next_deadline = min((w.deadline for w in workers), default=float("inf"))
                 wait_for = max(0.0, min(next_deadline - time.monotonic(), 1.0))
                 wait(
@@ -139,9 +165,18 @@ class LocalPool:
                     wait_for,
                 )
                 workers = [self._service(w, on_row) for w in workers]
+            if self.keep_workers:
+                kept, workers = workers, []
         finally:
             for w in workers:
                 self._stop(w)
+            self._idle = kept
+
+    def close(self) -> None:
+        """Stop the workers kept for another ``run``."""
+        for w in self._idle:
+            self._stop(w)
+        self._idle = []
 
     def _service(self, w: Worker, on_row: RowCallback) -> Worker:
         """Collect what a worker has to say; replace it if it died or ran out of time."""
@@ -152,7 +187,7 @@ class LocalPool:
                     w.ready = True
                 elif kind == "row":
                     w.cell, w.deadline = None, float("inf")
-                    on_row(payload)
+                    on_row({**payload, "node": self.node})
         except (EOFError, OSError):
             pass
         if w.cell is not None and not w.process.is_alive():

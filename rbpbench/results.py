@@ -74,7 +74,11 @@ COLUMNS: dict[str, str] = {
     "method_distribution": "distribution and version providing the method",
     "task_distribution": "distribution and version providing the task",
     "worker": "host:pid of the process that ran the cell",
+    "node": "the machine that ran the cell: its host name (under Ray: host/Ray node id); see environment.json",
 }
+# Columns added after tables were first written: a table without them is still
+# resumed, and its earlier rows hold nulls there.
+ADDED_COLUMNS = ("node",)
 INTEGER_COLUMNS = (
     "truncation",
     "seed",
@@ -120,6 +124,9 @@ TRAINING_COLUMNS = (
 # A row may carry its curves under this key on its way to the store; they are
 # written to <out>/curves/<cell_id>.parquet (columns curve, step, value).
 CURVES_KEY = "_curves"
+# A row from a machine the sweep had not heard from yet may carry that machine's
+# description under this key; the driver adds it to environment.json.
+NODE_ENVIRONMENT_KEY = "_node_environment"
 
 
 def read_curves(folder: Path, cell_id: str) -> pd.DataFrame:
@@ -160,14 +167,14 @@ class ResultsFolder:
         self.rows: dict[str, dict[str, Any]] = {}
         if self.parquet.exists():
             frame = pd.read_parquet(self.parquet)
-            missing = set(COLUMNS) - set(frame.columns)
+            missing = set(COLUMNS) - set(frame.columns) - set(ADDED_COLUMNS)
             if missing:
                 raise ValueError(
                     f"{self.parquet} is not an rbpbench results table of this version "
                     f"(missing columns {sorted(missing)})"
                 )
             for record in frame.astype(object).where(frame.notna(), None).to_dict("records"):
-                self.rows[str(record["cell_id"])] = record
+                self.rows[str(record["cell_id"])] = {**dict.fromkeys(ADDED_COLUMNS), **record}
 
     @property
     def parquet(self) -> Path:

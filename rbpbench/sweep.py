@@ -16,10 +16,10 @@ import pandas as pd
 
 from rbpbench.cells import Cell, expand, identity_row
 from rbpbench.config import SweepSettings, UsageError
-from rbpbench.environment import capture_environment
+from rbpbench.environment import capture_environment, plugin_versions
 from rbpbench.executors import Executor, LocalPool
 from rbpbench.plugins import PluginConfig, Registry
-from rbpbench.results import ResultsFolder, atomic_write
+from rbpbench.results import NODE_ENVIRONMENT_KEY, ResultsFolder, atomic_write
 
 
 def plan_cells(settings: SweepSettings) -> list[Cell]:
@@ -37,6 +37,8 @@ def plan_cells(settings: SweepSettings) -> list[Cell]:
 
 # What a sweep writes before its first row: a folder holding only these is one to resume.
 OWN_FILES = {".lock", "environment.json", "results.parquet", "results.csv"}
+# Keys of a run's environment that describe the run rather than a machine.
+RUN_KEYS = ("run_id", "time", "git_commit", "git_dirty", "nodes")
 
 
 def open_results(out: Path) -> ResultsFolder:
@@ -77,15 +79,11 @@ def exclusive_writer(out: Path) -> Iterator[None]:
         yield
 
 
-def record_environment(out: Path, run_id: str, registry: Registry) -> None:
-    """Add this run's environment to ``<out>/environment.json`` (one entry per run id)."""
-    versions = {
-        origin.plugin: f"{origin.distribution} {origin.version}"
-        for _, origin in [*registry.methods.values(), *registry.tasks.values()]
-    }
+def record_environment(out: Path, run_id: str, env: dict[str, Any]) -> None:
+    """Put this run's environment in ``<out>/environment.json`` (one entry per run id)."""
     path = out / "environment.json"
     runs: dict[str, Any] = json.loads(path.read_text())["runs"] if path.exists() else {}
-    runs[run_id] = capture_environment(run_id, versions)
+    runs[run_id] = env
     out.mkdir(parents=True, exist_ok=True)
     atomic_write(path, lambda p: p.write_text(json.dumps({"runs": runs}, indent=2, default=str)))
 
@@ -102,26 +100,63 @@ class Sweep:
         self.run_id = uuid.uuid4().hex[:12]
         self.cells = plan_cells(self.settings)
         self.ids = [identity_row(c, self.registry, self.run_id)["cell_id"] for c in self.cells]
+        if self.settings.executor == "ray":
+            from rbpbench.ray_executor import import_ray
+
+            import_ray()  # not installed: one line and exit 2, before anything is written
         self.results = open_results(self.out)
         done = self.results.finished(retry_failed=self.retry_failed)
         self.todo = [c for c, i in zip(self.cells, self.ids, strict=True) if i not in done]
 
     def executor(self) -> Executor:
-        return LocalPool(
-            self.registry, self.plugins, self.run_id, self.settings.jobs, self.settings.timeout
-        )
+        """The one place where the engine is chosen; a Ray executor is connected here, before any write."""
+        s = self.settings
+        if s.executor == "ray":
+            from rbpbench.ray_executor import RayExecutor
+
+            ray = RayExecutor(
+                self.registry,
+                self.plugins,
+                self.run_id,
+                s.timeout,
+                s.address,
+                s.cpus_per_cell,
+                s.gpus_per_cell,
+            )
+            ray.connect()
+            return ray
+        return LocalPool(self.registry, self.plugins, self.run_id, s.jobs, s.timeout)
 
     def run(self, on_row: Callable[[dict[str, Any]], None] = lambda row: None) -> None:
-        with exclusive_writer(self.out):
-            record_environment(self.out, self.run_id, self.registry)
-            self.results.flush()
+        executor = self.executor() if self.todo else None  # Ray fails here, before any write
+        try:
+            with exclusive_writer(self.out):
+                self._run(executor, on_row)
+        finally:
+            if executor is not None:
+                executor.close()
 
-            def store(row: dict[str, Any]) -> None:
-                self.results.append(row)
-                on_row(row)
+    def _run(self, executor: Executor | None, on_row: Callable[[dict[str, Any]], None]) -> None:
+        env = capture_environment(self.run_id, plugin_versions(self.registry))
+        # One entry per machine that ran cells. The local pool's workers run on this one.
+        env["nodes"] = nodes = {}
+        record_environment(self.out, self.run_id, env)
+        self.results.flush()
 
-            if self.todo:
-                self.executor().run(self.todo, store)
+        def store(row: dict[str, Any]) -> None:
+            node_env = row.pop(NODE_ENVIRONMENT_KEY, None)
+            node = row.get("node")
+            if node and node not in nodes:
+                nodes[node] = node_env or {
+                    **{k: v for k, v in env.items() if k not in RUN_KEYS},
+                    "node": node,
+                }
+                record_environment(self.out, self.run_id, env)
+            self.results.append(row)
+            on_row(row)
+
+        if executor is not None:
+            executor.run(self.todo, store)
 
     def frame(self) -> pd.DataFrame:
         """This command's cells (finished earlier or now), in the order of the plan."""

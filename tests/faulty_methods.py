@@ -46,6 +46,23 @@ def wrong_shape(problem, truncation, **_):
     return result
 
 
+# A test cluster's worker node gets this file's path in its environment (see tests/test_ray_executor.py).
+STALL_FILE_ENV = "RBPBENCH_TEST_STALL_FILE"
+_cells_seen: set[tuple[int, int]] = set()
+
+
+def naps(problem, truncation, **_):
+    """BPTT after a nap; where STALL_FILE_ENV is set, from this process's second cell on it
+    stalls instead, after creating that file: a node known to be busy, for the node-loss test."""
+    _cells_seen.add((problem.seed, truncation))
+    stall_file = os.environ.get(STALL_FILE_ENV)
+    if stall_file and len(_cells_seen) > 1:
+        open(stall_file, "a").close()
+        time.sleep(3600)
+    time.sleep(0.4)
+    return bptt(problem, truncation)
+
+
 @hookimpl
 def rbpbench_methods() -> list[MethodSpec]:
     return [
@@ -55,4 +72,5 @@ def rbpbench_methods() -> list[MethodSpec]:
         MethodSpec("dies", dies, "kills its own process"),
         MethodSpec("exhausts-memory", exhausts_memory, "asks for 4 EiB"),
         MethodSpec("wrong-shape", wrong_shape, "returns flattened gradients"),
+        MethodSpec("naps", naps, "BPTT after a nap; can stall on a chosen node"),
     ]
