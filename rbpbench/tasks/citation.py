@@ -22,7 +22,7 @@ import functools
 import math
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass, fields
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, NamedTuple
 
@@ -33,6 +33,7 @@ from torch import Tensor
 from rbpbench.data import DATA_DIR_ENV, DatasetUnavailable, data_root
 from rbpbench.measure import all_finite, relative_error
 from rbpbench.problem import Problem, TrainingOutcome, TrainingRun
+from rbpbench.tasks.settings import settings_from
 
 RAW_SUFFIXES = ("x", "tx", "allx", "y", "ty", "ally", "graph", "test.index")
 
@@ -245,15 +246,10 @@ class Settings:
 
     @classmethod
     def of(cls, params: dict[str, Any], task: str) -> Settings:
-        unknown = set(params) - {f.name for f in fields(cls)}
-        if unknown:
-            raise TypeError(f"{task}: unknown parameters {sorted(unknown)}")
-        settings = cls(**params)
-        for name in ("hidden", "epochs", "eval_every", "probes"):
+        settings = settings_from(cls, params, task)
+        for name in ("hidden", "steps", "epochs", "eval_every", "probes"):
             if getattr(settings, name) < 1:
                 raise ValueError(f"{task}: {name} must be at least 1")
-        if settings.steps < 1:
-            raise ValueError(f"{task}: steps must be at least 1")
         return settings
 
 

@@ -15,7 +15,7 @@ where rbpbench departs from it and why.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, fields
+from dataclasses import dataclass
 from importlib import resources
 from typing import Any
 
@@ -25,6 +25,7 @@ from torch import Tensor
 from rbpbench.data import mnist
 from rbpbench.measure import all_finite, relative_error
 from rbpbench.problem import Problem, TrainingOutcome, TrainingRun
+from rbpbench.tasks.settings import settings_from
 
 OBSERVED = OUTPUT = 784
 
@@ -161,10 +162,7 @@ class Settings:
 
     @classmethod
     def of(cls, params: dict[str, Any]) -> Settings:
-        unknown = set(params) - {f.name for f in fields(cls)}
-        if unknown:
-            raise TypeError(f"hopfield: unknown parameters {sorted(unknown)}")
-        return cls(**params)
+        return settings_from(cls, params, "hopfield")
 
     def model(self, seed: int, device: torch.device, dtype: torch.dtype) -> Hopfield:
         return Hopfield(

@@ -23,7 +23,7 @@ import functools
 import itertools
 import math
 from collections.abc import Callable
-from dataclasses import dataclass, fields
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -35,6 +35,7 @@ from rbpbench.data import data_root, mnist
 from rbpbench.measure import all_finite, relative_error
 from rbpbench.problem import Problem, TrainingOutcome, TrainingRun
 from rbpbench.state import State
+from rbpbench.tasks.settings import settings_from
 
 INPUTS, CLASSES = 784, 10
 TENSOR_NAMES = tuple(f"{kind}{layer}" for layer in range(1, 5) for kind in ("W", "b"))
@@ -131,10 +132,7 @@ class Settings:
 
     @classmethod
     def of(cls, params: dict[str, Any]) -> Settings:
-        unknown = set(params) - {f.name for f in fields(cls)}
-        if unknown:
-            raise TypeError(f"hyperopt: unknown parameters {sorted(unknown)}")
-        settings = cls(**params)
+        settings = settings_from(cls, params, "hyperopt")
         if settings.rbp_jacobian not in JACOBIANS:
             raise ValueError(
                 f"hyperopt: rbp_jacobian must be one of {', '.join(JACOBIANS)}, "
