@@ -4,11 +4,14 @@ Time and memory are measured in separate passes, so the memory profiler's
 overhead never enters a time. On the CPU peak memory comes from memray (every
 allocation of the process during the call, native and Python, counted from
 the start of the call); on CUDA from the caching allocator's peak counter,
-reset before the call.
+reset before the call. Garbage left by earlier code is collected before each
+capture, and the runner reports the smaller of two captures, because noise
+from the rest of the process only ever adds bytes.
 """
 
 from __future__ import annotations
 
+import gc
 import math
 import statistics
 import tempfile
@@ -57,8 +60,24 @@ class MemoryFigure:
     method: str  # how it was measured: "memray" or "cuda-allocator"
 
 
-def peak_memory(fn: Callable[[], object], device: torch.device) -> MemoryFigure:
-    """Peak memory allocated while ``fn`` runs, above what was held before it."""
+def peak_memory(
+    fn: Callable[[], object], device: torch.device, *, repeats: int = 1
+) -> MemoryFigure:
+    """Peak memory allocated while ``fn`` runs, above what was held before it.
+
+    Before each capture the cyclic garbage collector runs, so finalizers of
+    objects that were garbage before ``fn`` started (and whatever they
+    allocate) are not charged to ``fn``. Noise from the rest of the process
+    (another thread, the interpreter growing an arena) only ever adds bytes,
+    so with ``repeats`` > 1 the smallest of the captures is reported.
+    """
+    if repeats < 1:
+        raise ValueError(f"repeats must be at least 1, got {repeats}")
+    return min((_peak_once(fn, device) for _ in range(repeats)), key=lambda m: m.peak_bytes)
+
+
+def _peak_once(fn: Callable[[], object], device: torch.device) -> MemoryFigure:
+    gc.collect()
     if device.type == "cuda":
         synchronize(device)
         torch.cuda.reset_peak_memory_stats(device)

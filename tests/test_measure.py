@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import gc
 import math
 
 import pytest
@@ -21,6 +22,45 @@ def test_peak_memory_sees_a_known_allocation_and_ignores_what_was_held_before() 
     assert figure.method == "memray"
     assert size <= figure.peak_bytes < size + 8_000_000
     del held
+
+
+class _AllocatesWhenCollected:
+    """Cyclic garbage whose finalizer allocates: the kind an earlier test leaves behind."""
+
+    def __init__(self) -> None:
+        self.me = self
+
+    def __del__(self) -> None:
+        self.buffer = bytearray(8 << 20)
+
+
+def test_peak_memory_does_not_charge_earlier_garbage_to_the_call() -> None:
+    def allocate() -> float:
+        objects = [[] for _ in range(30_000)]  # enough container allocations to start a collection
+        return float(torch.ones(1_000_000, dtype=torch.float64).sum()) + len(objects)
+
+    threshold = gc.get_threshold()
+    gc.collect()
+    gc.set_threshold(20_000)  # no collection while the profiler starts; one inside the call
+    try:
+        for _ in range(20):
+            _AllocatesWhenCollected()
+        figure = peak_memory(allocate, CPU)
+    finally:
+        gc.set_threshold(*threshold)
+    assert 8_000_000 <= figure.peak_bytes < 8_000_000 + (4 << 20)
+
+
+def test_peak_memory_reports_the_smallest_of_its_repeats() -> None:
+    sizes = iter([64, 8, 32])
+
+    def allocate() -> None:
+        torch.ones(next(sizes) << 17, dtype=torch.float64)  # 64, 8, 32 MiB
+
+    figure = peak_memory(allocate, CPU, repeats=3)
+    assert (8 << 20) <= figure.peak_bytes < (9 << 20)
+    with pytest.raises(ValueError, match="at least 1"):
+        peak_memory(allocate, CPU, repeats=0)
 
 
 def test_wall_time_repeats_short_calls_and_reports_their_median() -> None:
