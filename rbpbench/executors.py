@@ -35,6 +35,26 @@ class Executor(Protocol):
     def close(self) -> None: ...
 
 
+def usable_cores() -> int:
+    """Cores this process may run on (its CPU affinity, e.g. under taskset or a container)."""
+    if hasattr(os, "sched_getaffinity"):
+        return len(os.sched_getaffinity(0))
+    return os.cpu_count() or 1
+
+
+def threads_per_worker(jobs: int) -> int:
+    """Torch threads for each of ``jobs`` workers.
+
+    OMP_NUM_THREADS wins when the user set it to a positive integer (the
+    usual way to pin a benchmark's threads); otherwise the usable cores are
+    shared out so that the workers do not oversubscribe them.
+    """
+    configured = os.environ.get("OMP_NUM_THREADS", "").strip()
+    if configured.isdigit() and int(configured) > 0:
+        return int(configured)
+    return max(1, usable_cores() // jobs)
+
+
 @dataclass(frozen=True)
 class WorkerSetup:
     """Everything a fresh worker process needs, picklable for the spawn start method."""
@@ -99,10 +119,9 @@ class LocalPool:
     """``jobs`` spawned worker processes with a hard time limit per cell.
 
     Spawned rather than forked, so that CUDA works in the workers. A worker at
-    its time limit is killed and replaced; so is one that dies. Torch threads
-    are split between the workers so that they do not oversubscribe the cores
-    (or ``threads`` each, when given). Every row is stamped with ``node``, the
-    machine the cells ran on. With ``keep_workers``, idle workers outlive
+    its time limit is killed and replaced; so is one that dies. Each worker
+    runs ``threads`` torch threads when given, else ``threads_per_worker``.
+    Every row is stamped with ``node``, the machine the cells ran on. With ``keep_workers``, idle workers outlive
     ``run`` for the next call (the Ray executor runs one cell per call) until
     ``close``.
     """
@@ -119,7 +138,7 @@ class LocalPool:
     _idle: list[Worker] = field(default_factory=list)
 
     def _start(self) -> Worker:
-        threads = self.threads or max(1, (os.cpu_count() or 1) // self.jobs)
+        threads = self.threads or threads_per_worker(self.jobs)
         parent, child = self._context.Pipe()
         process = self._context.Process(
             target=worker_main,

@@ -1,0 +1,29 @@
+"""How the local pool shares the cores between its workers."""
+
+from __future__ import annotations
+
+import pytest
+
+from rbpbench.executors import threads_per_worker, usable_cores
+
+
+def test_workers_share_the_usable_cores(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
+    assert threads_per_worker(1) == usable_cores()
+    assert threads_per_worker(usable_cores() * 4) == 1
+
+
+@pytest.mark.parametrize(("value", "jobs", "expected"), [("3", 2, 3), ("1", 1, 1)])
+def test_omp_num_threads_sets_each_workers_threads(
+    monkeypatch: pytest.MonkeyPatch, value: str, jobs: int, expected: int
+) -> None:
+    monkeypatch.setenv("OMP_NUM_THREADS", value)
+    assert threads_per_worker(jobs) == expected
+
+
+@pytest.mark.parametrize("value", ["", "0", "four", "2,1"])
+def test_unusable_omp_num_threads_falls_back_to_sharing(
+    monkeypatch: pytest.MonkeyPatch, value: str
+) -> None:
+    monkeypatch.setenv("OMP_NUM_THREADS", value)
+    assert threads_per_worker(1) == usable_cores()
