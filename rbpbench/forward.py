@@ -25,6 +25,30 @@ def run_without_graph(problem: Problem, num_steps: int) -> State:
     return h
 
 
+def grads_or_none(
+    outputs: tuple[Tensor, ...],
+    inputs: tuple[Tensor, ...],
+    grad_outputs: tuple[Tensor, ...] | None = None,
+    *,
+    retain_graph: bool = False,
+    create_graph: bool = False,
+) -> tuple[Tensor | None, ...]:
+    """``torch.autograd.grad`` with None for inputs the outputs do not depend on."""
+    if grad_outputs is None:
+        grad_outputs = tuple(torch.ones_like(y) for y in outputs)
+    pairs = [(y, v) for y, v in zip(outputs, grad_outputs, strict=True) if y.requires_grad]
+    if not inputs or not pairs:
+        return tuple(None for _ in inputs)
+    return torch.autograd.grad(
+        [y for y, _ in pairs],
+        inputs,
+        [v for _, v in pairs],
+        retain_graph=retain_graph,
+        create_graph=create_graph,
+        allow_unused=True,
+    )
+
+
 def grads_or_zeros(
     outputs: tuple[Tensor, ...],
     inputs: tuple[Tensor, ...],
@@ -34,29 +58,27 @@ def grads_or_zeros(
     create_graph: bool = False,
 ) -> tuple[Tensor, ...]:
     """``torch.autograd.grad`` with zeros for inputs the outputs do not depend on."""
-    if grad_outputs is None:
-        grad_outputs = tuple(torch.ones_like(y) for y in outputs)
-    pairs = [(y, v) for y, v in zip(outputs, grad_outputs, strict=True) if y.requires_grad]
-    if not inputs or not pairs:
-        return tuple(torch.zeros_like(x) for x in inputs)
-    grads = torch.autograd.grad(
-        [y for y, _ in pairs],
-        inputs,
-        [v for _, v in pairs],
-        retain_graph=retain_graph,
-        create_graph=create_graph,
-        allow_unused=True,
+    grads = grads_or_none(
+        outputs, inputs, grad_outputs, retain_graph=retain_graph, create_graph=create_graph
     )
     return tuple(
         torch.zeros_like(x) if g is None else g for g, x in zip(grads, inputs, strict=True)
     )
 
 
+def plus_direct(grads: tuple[Tensor, ...], direct: tuple[Tensor | None, ...]) -> tuple[Tensor, ...]:
+    """``grads`` plus the direct partials, skipping the (usual) ones that are absent."""
+    return tuple(a if b is None else a + b for a, b in zip(grads, direct, strict=True))
+
+
 class LossTerms:
     """The loss at a final state and its partial derivatives.
 
     ``g`` = dL/dh (the right-hand side of the adjoint system), ``direct_f`` =
-    the partial dL/dw_F that does not pass through h, ``grads_g`` = dL/dw_G.
+    the partial dL/dw_F that does not pass through h (None for a parameter the
+    loss does not read directly: usually all of them, and a tensor of zeros
+    the size of w_F would be held through the whole adjoint solve),
+    ``grads_g`` = dL/dw_G.
     """
 
     def __init__(self, problem: Problem, final_state: State) -> None:
@@ -64,12 +86,15 @@ class LossTerms:
         with torch.enable_grad():
             loss = problem.loss(h)
         wrt = S.as_tuple(h) + problem.params_f + problem.params_g
-        grads = grads_or_zeros((loss,), wrt)
+        grads = grads_or_none((loss,), wrt)
         n_h, n_f = len(S.as_tuple(h)), len(problem.params_f)
+        zeros_where_absent = [
+            torch.zeros_like(x) if g is None else g for g, x in zip(grads, wrt, strict=True)
+        ]
         self.loss = float(loss.detach())
-        self.g: State = S.like(final_state, grads[:n_h])
+        self.g: State = S.like(final_state, zeros_where_absent[:n_h])
         self.direct_f = grads[n_h : n_h + n_f]
-        self.grads_g = grads[n_h + n_f :]
+        self.grads_g = tuple(zeros_where_absent[n_h + n_f :])
 
 
 class LastStep:

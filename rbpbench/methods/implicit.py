@@ -18,7 +18,7 @@ import torch
 
 from rbpbench import adjoint
 from rbpbench import state as S
-from rbpbench.forward import LastStep, LossTerms, run_without_graph
+from rbpbench.forward import LastStep, LossTerms, plus_direct, run_without_graph
 from rbpbench.problem import GradientResult, Problem
 from rbpbench.state import State
 
@@ -41,7 +41,7 @@ def one_linearisation(
     through_state = step.param_vjp(solution.z, release=True)
     return GradientResult(
         loss=terms.loss,
-        grads_f=tuple(a + b for a, b in zip(through_state, terms.direct_f, strict=True)),
+        grads_f=plus_direct(through_state, terms.direct_f),
         grads_g=terms.grads_g,
         forward_residual=step.forward_residual,
         backward_iterations=solution.iterations,
@@ -74,7 +74,7 @@ def averaged_linearisations(
     count = len(problem.adjoint_steps)
     return GradientResult(
         loss=terms.loss,
-        grads_f=tuple(a / count + b for a, b in zip(total, terms.direct_f, strict=True)),
+        grads_f=plus_direct(tuple(a / count for a in total), terms.direct_f),
         grads_g=terms.grads_g,
         forward_residual=float(S.norm(S.sub(h_last, S.detach(h_prev)))),
         backward_iterations=iterations,

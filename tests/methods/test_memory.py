@@ -34,3 +34,14 @@ def test_bptt_memory_grows_with_T_and_dwarfs_neumann_rbp() -> None:
     short, long = peak_at(bptt, 100), peak_at(bptt, 400)
     assert long >= 3 * short, (short, long)
     assert long >= 20 * peak_at(neumann_rbp, 400)
+
+
+@pytest.mark.parametrize("method", [neumann_rbp, cg_rbp, rbp], ids=lambda m: m.__name__)
+def test_the_rbp_family_holds_one_gradient_of_the_parameters_and_little_else(method) -> None:
+    # Large w_F, tiny state: the peak is the gradient itself. Before the loss's absent direct
+    # partial stopped being a tensor of zeros, it was three parameter-sized tensors.
+    problem = contractive_problem(seed=0, spectral_norm=0.9, steps=10, hidden=1024, batch=1)
+    size = sum(p.numel() * p.element_size() for p in problem.params_f)
+    call = functools.partial(method, problem, 5, diagnostics=False)
+    call()
+    assert peak_memory(call, CPU, repeats=3).peak_bytes <= 1.1 * size
