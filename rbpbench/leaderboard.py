@@ -375,10 +375,13 @@ def _grid(group: Group, table: Table | None, mark: str) -> pd.DataFrame:
 
 def _header(group: Group) -> str:
     bad = sum(n for c in group.counts.values() for s, n in c.items() if s != OK)
-    return (
+    header = (
         f"{group.label}: {len(group.rows)} cells ({bad} not ok), {group.seeds} seed(s), "
         "methods x truncation K"
     )
+    if REFERENCE not in group.methods:
+        header += f"; no {REFERENCE} cells in this group, so no cost ratios to {REFERENCE}"
+    return header
 
 
 def _sections(group: Group) -> list[tuple[str, Table | None]]:

@@ -110,6 +110,14 @@ def test_ratios_to_bptt_are_bptt_cost_over_the_method_s_per_seed() -> None:
     assert memory.cells[("neumann-rbp", 5)].n == 2
 
 
+def test_a_group_without_bptt_says_why_it_has_no_ratios() -> None:
+    rows = [row("hyperopt", "neumann-rbp", 10, 0, wall_time_s=1.0, peak_memory_bytes=10)]
+    text = leaderboard.render(frame(rows), "text")
+    assert "no bptt cells in this group, so no cost ratios to bptt" in text
+    assert "time ratio" not in text
+    assert "no bptt cells" not in leaderboard.render(table(), "text")
+
+
 def test_a_task_shows_only_the_metrics_its_rows_fill() -> None:
     keys = {t.metric.key for t in leaderboard.build(table())[0].tables}
     assert "success" not in keys and "test_accuracy" not in keys
