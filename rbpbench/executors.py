@@ -121,9 +121,9 @@ class LocalPool:
     Spawned rather than forked, so that CUDA works in the workers. A worker at
     its time limit is killed and replaced; so is one that dies. Each worker
     runs ``threads`` torch threads when given, else ``threads_per_worker``.
-    Every row is stamped with ``node``, the machine the cells ran on. With ``keep_workers``, idle workers outlive
-    ``run`` for the next call (the Ray executor runs one cell per call) until
-    ``close``.
+    Every row is stamped with ``node``, the machine the cells ran on. With
+    ``keep_workers``, idle workers outlive ``run`` for the next call (the Ray
+    executor runs one cell per call) until ``close``.
     """
 
     registry: Registry
