@@ -5,8 +5,9 @@ overhead never enters a time. On the CPU peak memory comes from memray (every
 allocation of the process during the call, native and Python, counted from
 the start of the call); on CUDA from the caching allocator's peak counter,
 reset before the call. Garbage left by earlier code is collected before each
-capture, and the runner reports the smaller of two captures, because noise
-from the rest of the process only ever adds bytes.
+capture; callers that need a figure robust to other noise (tests, the
+conformance kit) take the smallest of several captures, since noise from the
+rest of the process only ever adds bytes.
 """
 
 from __future__ import annotations

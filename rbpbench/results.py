@@ -54,7 +54,7 @@ COLUMNS: dict[str, str] = {
     "spectral_radius": "estimate of the spectral radius of J at h_{T-1} (100 power iterations on J^T v), of the first adjoint step where the problem names some",
     "wall_time_s": "median wall time of the gradient computation (timing pass, no profiler)",
     "timing_repeats": "how many timed repeats the median is over",
-    "peak_memory_bytes": "peak memory of the gradient computation above the baseline (memory pass: the smaller of two captures, garbage collected first)",
+    "peak_memory_bytes": "peak memory of the gradient computation above the baseline (memory pass, garbage collected first)",
     "memory_method": "how peak_memory_bytes was measured: memray or cuda-allocator",
     "cell_time_s": "wall time of the whole cell: problem, references, all passes",
     "train_loss_initial": "training tasks: loss before the first update",

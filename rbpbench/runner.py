@@ -156,7 +156,7 @@ class CellRunner:
             return {**figures, "status": DIVERGED, "error": "non-finite loss, state or gradient"}
         refs = self.references(cell)
         wall, repeats = measure.median_wall_time(lambda: compute(False), device)
-        memory = measure.peak_memory(lambda: compute(False), device, repeats=2)
+        memory = measure.peak_memory(lambda: compute(False), device)
         both = result.grads_f + result.grads_g
         return {
             **figures,
