@@ -61,6 +61,12 @@ def grads_or_zeros(
     grads = grads_or_none(
         outputs, inputs, grad_outputs, retain_graph=retain_graph, create_graph=create_graph
     )
+    return _zeros_where_absent(grads, inputs)
+
+
+def _zeros_where_absent(
+    grads: tuple[Tensor | None, ...], inputs: tuple[Tensor, ...]
+) -> tuple[Tensor, ...]:
     return tuple(
         torch.zeros_like(x) if g is None else g for g, x in zip(grads, inputs, strict=True)
     )
@@ -88,13 +94,10 @@ class LossTerms:
         wrt = S.as_tuple(h) + problem.params_f + problem.params_g
         grads = grads_or_none((loss,), wrt)
         n_h, n_f = len(S.as_tuple(h)), len(problem.params_f)
-        zeros_where_absent = [
-            torch.zeros_like(x) if g is None else g for g, x in zip(grads, wrt, strict=True)
-        ]
         self.loss = float(loss.detach())
-        self.g: State = S.like(final_state, zeros_where_absent[:n_h])
+        self.g: State = S.like(final_state, _zeros_where_absent(grads[:n_h], wrt[:n_h]))
         self.direct_f = grads[n_h : n_h + n_f]
-        self.grads_g = tuple(zeros_where_absent[n_h + n_f :])
+        self.grads_g = _zeros_where_absent(grads[n_h + n_f :], wrt[n_h + n_f :])
 
 
 class LastStep:
