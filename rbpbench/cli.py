@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import argparse
 import os
+import signal
 import sys
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -14,7 +16,29 @@ from rbpbench import config, leaderboard
 from rbpbench.config import UsageError
 from rbpbench.data import DATA_DIR_ENV
 from rbpbench.plugins import PluginConfig, PluginError, load_registry, plugin_statuses
+from rbpbench.results import StorageError
 from rbpbench.sweep import Sweep, plan_cells
+
+# Exit status of a sweep that stopped because a results file could not be written.
+STORAGE_FAILURE = 3
+
+
+class Terminated(Exception):
+    """SIGTERM arrived: stop as Ctrl-C does, with what is stored kept."""
+
+
+@contextmanager
+def terminate_as_interrupt() -> Iterator[None]:
+    """Turn SIGTERM into :class:`Terminated` while a sweep runs (the default is a silent exit)."""
+
+    def handler(signum: int, frame: Any) -> None:
+        raise Terminated
+
+    previous = signal.signal(signal.SIGTERM, handler)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
 
 
 def default_out() -> Path:
@@ -112,23 +136,37 @@ def command_run(args: argparse.Namespace) -> int:
         return 0
     out = Path(args.out) if args.out else default_out()
     sweep = Sweep(settings, registry, plugins, out, retry_failed=args.retry_failed)
-    resumed = len(sweep.cells) - len(sweep.todo)
-    if resumed:
-        print(
-            f"resuming {out}: {resumed} of {len(sweep.cells)} cells already finished",
-            file=sys.stderr,
-        )
-    progress = Progress(len(sweep.todo))
+    progress: Progress | None = None
     try:
-        sweep.run(progress)
-    except KeyboardInterrupt:
-        progress.close()
+        with terminate_as_interrupt(), sweep.hold():
+            resumed = len(sweep.cells) - len(sweep.todo)
+            if resumed:
+                print(
+                    f"resuming {out}: {resumed} of {len(sweep.cells)} cells already finished",
+                    file=sys.stderr,
+                )
+            progress = Progress(len(sweep.todo))
+            sweep.run(progress)
+    except (KeyboardInterrupt, Terminated) as stop:
+        if progress is not None:
+            progress.close()
+        what = "terminated" if isinstance(stop, Terminated) else "interrupted"
         print(
-            f"\ninterrupted: finished cells are in {sweep.results.parquet}; "
+            f"\n{what}: finished cells are in {sweep.results.parquet}; "
             "run the same command again to resume",
             file=sys.stderr,
         )
-        return 130
+        return 143 if isinstance(stop, Terminated) else 130
+    except StorageError as exc:
+        if progress is not None:
+            progress.close()
+        print(
+            f"\nrbpbench: error: {exc}; the sweep stopped there. The cells stored before are "
+            f"in {out}; once it can be written, run the same command again to resume",
+            file=sys.stderr,
+        )
+        return STORAGE_FAILURE
+    assert progress is not None
     progress.close()
     frame = sweep.frame()
     print(leaderboard.render(frame))

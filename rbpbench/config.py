@@ -17,6 +17,7 @@ from importlib import resources
 from pathlib import Path
 from typing import Any
 
+from rbpbench.convergence import TOLERANCE_PARAMS
 from rbpbench.plugins import Registry
 
 if sys.version_info >= (3, 11):
@@ -296,6 +297,8 @@ def check_params(
             continue  # parameters for a task or method this sweep does not run
         spec = specs[name]
         accepted = accepted_params(getattr(spec, call), spec.defaults)
+        if accepted is not None and call == "build":
+            accepted |= set(TOLERANCE_PARAMS)  # every task's: the harness reads them
         unknown = sorted(set(params) - accepted) if accepted is not None else []
         if unknown:
             raise UsageError(

@@ -82,7 +82,10 @@ def worker_main(setup: WorkerSetup, connection: Connection) -> None:
 
     from rbpbench.runner import CellRunner
 
-    signal.signal(signal.SIGINT, signal.SIG_IGN)  # the parent handles Ctrl-C and stops us
+    # The driver handles Ctrl-C and SIGTERM (sent to the whole process group too) and stops
+    # us; a worker dying of them first would be recorded as a crashed cell.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
     exit_when_orphaned(os.getppid())
     torch.set_num_threads(setup.threads)
     runner = CellRunner(load_registry(setup.plugins, warn=False), setup.run_id)
@@ -204,16 +207,13 @@ class LocalPool:
 
     def _service(self, w: Worker, on_row: RowCallback) -> Worker:
         """Collect what a worker has to say; replace it if it died or ran out of time."""
-        try:
-            while w.connection.poll():
-                kind, payload = w.connection.recv()
-                if kind == "ready":
-                    w.ready = True
-                elif kind == "row":
-                    w.cell, w.deadline = None, float("inf")
-                    on_row({**payload, "node": self.node})
-        except (EOFError, OSError):
-            pass
+        for kind, payload in self._messages(w):
+            if kind == "ready":
+                w.ready = True
+            elif kind == "row":
+                w.cell, w.deadline = None, float("inf")
+                # Not guarded: a row that cannot be stored must stop the sweep.
+                on_row({**payload, "node": self.node})
         if w.cell is not None and not w.process.is_alive():
             error = f"the worker process died while running the cell ({signal_name(w.process.exitcode)})"
             on_row(self._failure_row(w.cell, CRASHED, error, w.started))
@@ -227,6 +227,17 @@ class LocalPool:
                 f"a worker process failed to start ({signal_name(w.process.exitcode)})"
             )
         return w
+
+    @staticmethod
+    def _messages(w: Worker) -> list[tuple[str, Any]]:
+        """What the worker has sent so far; a pipe broken by its death ends the list."""
+        messages = []
+        try:
+            while w.connection.poll():
+                messages.append(w.connection.recv())
+        except (EOFError, OSError):
+            pass
+        return messages
 
     def _replace(self, w: Worker) -> Worker:
         self._stop(w)

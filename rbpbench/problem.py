@@ -158,3 +158,55 @@ class TaskSpec:
     defaults: Mapping[str, Any] = field(default_factory=dict)
     dtype: torch.dtype = torch.float32
     train: Trainer | None = None
+    # Convergence checks (docs/measurement.md): the relative residuals below which the
+    # forward pass and an adjoint solve count as converged; None: the dtype's default
+    # (rbpbench.convergence.default_tolerance). ``forward_converges=False`` declares a
+    # forward that is no fixed-point iteration by design (hyperopt: a training run), so
+    # its rows say "not checked" instead of "did not converge".
+    forward_tolerance: float | None = None
+    adjoint_tolerance: float | None = None
+    forward_converges: bool = True
+
+
+def check_result(result: Any, problem: Problem) -> None:
+    """The result contract, which the runner applies to every cell: raise TypeError or ValueError.
+
+    A :class:`GradientResult` whose ``grads_f`` and ``grads_g`` are tuples of
+    detached tensors, one per parameter, of its shape, dtype and device; a
+    float ``loss``, ``forward_residual`` and ``backward_residual`` (NaN and Inf
+    are allowed here: the runner calls such a cell diverged); an int
+    ``backward_iterations`` >= 0. Each message names the field.
+    """
+    if not isinstance(result, GradientResult):
+        raise TypeError(f"the method returned {type(result).__name__}, not a GradientResult")
+    for group, params in (("grads_f", problem.params_f), ("grads_g", problem.params_g)):
+        grads = getattr(result, group)
+        if not isinstance(grads, tuple):
+            raise TypeError(f"{group} is a {type(grads).__name__}; it must be a tuple")
+        if len(grads) != len(params):
+            raise ValueError(
+                f"{group} holds {len(grads)} gradients for the {len(params)} parameters"
+            )
+        for i, (g, p) in enumerate(zip(grads, params, strict=True)):
+            if not isinstance(g, Tensor):
+                raise TypeError(f"{group}[{i}] is a {type(g).__name__}; it must be a tensor")
+            if g.shape != p.shape or g.dtype != p.dtype or g.device != p.device:
+                raise ValueError(
+                    f"{group}[{i}] is {tuple(g.shape)} {g.dtype} {g.device}; the parameter is "
+                    f"{tuple(p.shape)} {p.dtype} {p.device}"
+                )
+            if g.requires_grad:
+                raise ValueError(
+                    f"{group}[{i}] requires grad (it keeps an autograd graph alive); "
+                    "return detached gradients"
+                )
+    for name in ("loss", "forward_residual", "backward_residual"):
+        value = getattr(result, name)
+        if isinstance(value, bool) or not isinstance(value, float):
+            raise TypeError(f"{name} is {type(value).__name__} {value!r}; it must be a float")
+    iterations = result.backward_iterations
+    if isinstance(iterations, bool) or not isinstance(iterations, int) or iterations < 0:
+        raise TypeError(
+            f"backward_iterations is {type(iterations).__name__} {iterations!r}; "
+            "it must be an int >= 0"
+        )

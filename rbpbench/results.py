@@ -3,12 +3,16 @@
 ``<out>/results.parquet`` and ``<out>/results.csv`` are rewritten atomically
 (a temporary file, fsync, then rename) after every finished cell, so a sweep
 killed at any moment leaves both files readable and holding every finished
-cell. A rerun on the same folder loads them and replaces a cell's row when
-that cell runs again, so each cell appears exactly once.
+cell. A rerun on the same folder loads them (the CSV when the Parquet file
+is gone) and replaces a cell's row when that cell runs again, so each cell
+appears exactly once. A file that cannot be written raises
+:class:`StorageError` naming it: the sweep stops there rather than going on
+with rows it cannot keep.
 """
 
 from __future__ import annotations
 
+import contextlib
 import os
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
@@ -66,9 +70,15 @@ COLUMNS: dict[str, str] = {
     "epochs": "training epochs (or meta steps) run",
     "train_time_s": "wall time of the training run",
     "extra_metrics": "other task metrics as JSON",
-    "forward_residual": "||h_T - h_{T-1}||",
+    "forward_residual": "||h_T - h_{T-1}||, as the method reported it",
+    "forward_relative_residual": "||h_T - h_{T-1}|| / ||h_T||, measured by the harness on the cell's problem",
+    "forward_tolerance": "the relative residual below which the forward counts as converged (NaN: not checked)",
+    "forward_converged": "forward_relative_residual <= forward_tolerance (null: not checked, e.g. a task whose forward is no fixed-point iteration)",
     "backward_iterations": "backward steps or solver iterations actually taken",
     "backward_residual": "||(I - J^T) z - g|| of the adjoint used (NaN without one)",
+    "adjoint_relative_residual": "backward_residual / ||g||, g = dL/dh_T (NaN without an adjoint)",
+    "adjoint_tolerance": "the relative residual below which the adjoint counts as solved (NaN without an adjoint)",
+    "adjoint_converged": "adjoint_relative_residual <= adjoint_tolerance (null for methods without an adjoint system)",
     "torch_version": "torch version",
     "rbpbench_version": "rbpbench version",
     "method_distribution": "distribution and version providing the method",
@@ -78,7 +88,15 @@ COLUMNS: dict[str, str] = {
 }
 # Columns added after tables were first written: a table without them is still
 # resumed, and its earlier rows hold nulls there.
-ADDED_COLUMNS = ("node",)
+ADDED_COLUMNS = (
+    "node",
+    "forward_relative_residual",
+    "forward_tolerance",
+    "forward_converged",
+    "adjoint_relative_residual",
+    "adjoint_tolerance",
+    "adjoint_converged",
+)
 INTEGER_COLUMNS = (
     "truncation",
     "seed",
@@ -87,7 +105,7 @@ INTEGER_COLUMNS = (
     "timing_repeats",
     "epochs",
 )
-BOOLEAN_COLUMNS = ("success",)
+BOOLEAN_COLUMNS = ("success", "forward_converged", "adjoint_converged")
 FLOAT_COLUMNS = (
     "loss",
     "grad_rel_error",
@@ -106,7 +124,11 @@ FLOAT_COLUMNS = (
     "test_accuracy",
     "train_time_s",
     "forward_residual",
+    "forward_relative_residual",
+    "forward_tolerance",
     "backward_residual",
+    "adjoint_relative_residual",
+    "adjoint_tolerance",
 )
 
 
@@ -150,31 +172,69 @@ def to_frame(rows: Sequence[Mapping[str, Any]]) -> pd.DataFrame:
     return frame
 
 
+class StorageError(Exception):
+    """A results file could not be written; the message names the file and the reason."""
+
+
 def atomic_write(path: Path, write: Callable[[Path], Any]) -> None:
-    """``write(tmp)`` then fsync and rename over ``path``: readers see the old file or the new one."""
+    """``write(tmp)`` then fsync and rename over ``path``: readers see the old file or the new one.
+
+    Any OSError (a full disk, a read-only folder) becomes a :class:`StorageError`
+    naming ``path``; the partial file is removed where it can be, and ``path``
+    is left as it was.
+    """
     partial = path.with_name(f".{path.name}.partial")
-    write(partial)
-    with open(partial, "rb") as handle:
-        os.fsync(handle.fileno())
-    os.replace(partial, path)
+    try:
+        write(partial)
+        with open(partial, "rb") as handle:
+            os.fsync(handle.fileno())
+        os.replace(partial, path)
+    except OSError as exc:
+        with contextlib.suppress(OSError):
+            partial.unlink(missing_ok=True)
+        reason = exc.strerror or str(exc)
+        raise StorageError(f"could not write {path}: {reason}") from exc
+
+
+def _csv_rows(path: Path) -> pd.DataFrame:
+    """The table as results.csv holds it, with the types results.parquet would give."""
+    raw = pd.read_csv(path, dtype=str, keep_default_na=False)
+    rows = [
+        {k: (None if v == "" and k != "error" else v) for k, v in record.items()}
+        for record in raw.to_dict("records")
+    ]
+    for row in rows:
+        for column in BOOLEAN_COLUMNS:
+            if row.get(column) is not None:
+                row[column] = {"True": True, "False": False}.get(str(row[column]))
+    return to_frame([{**empty_row(), **row} for row in rows])
 
 
 class ResultsFolder:
     """The table of one results folder, kept on disk in step with every finished cell."""
 
-    def __init__(self, folder: Path) -> None:
+    def __init__(self, folder: Path, *, read: bool = True) -> None:
         self.folder = folder
         self.rows: dict[str, dict[str, Any]] = {}
+        self.source: Path | None = None  # the file the rows were read from, if any
+        if not read:
+            return
         if self.parquet.exists():
-            frame = pd.read_parquet(self.parquet)
-            missing = set(COLUMNS) - set(frame.columns) - set(ADDED_COLUMNS)
-            if missing:
-                raise ValueError(
-                    f"{self.parquet} is not an rbpbench results table of this version "
-                    f"(missing columns {sorted(missing)})"
-                )
-            for record in frame.astype(object).where(frame.notna(), None).to_dict("records"):
-                self.rows[str(record["cell_id"])] = {**dict.fromkeys(ADDED_COLUMNS), **record}
+            frame, self.source = pd.read_parquet(self.parquet), self.parquet
+        elif self.csv.exists() and self.csv.stat().st_size > 0:
+            # The Parquet file is gone but the CSV (written after it, for every row) is
+            # not: resume from it rather than start over and overwrite it.
+            frame, self.source = _csv_rows(self.csv), self.csv
+        else:
+            return
+        missing = set(COLUMNS) - set(frame.columns) - set(ADDED_COLUMNS)
+        if missing:
+            raise ValueError(
+                f"{self.source} is not an rbpbench results table of this version "
+                f"(missing columns {sorted(missing)})"
+            )
+        for record in frame.astype(object).where(frame.notna(), None).to_dict("records"):
+            self.rows[str(record["cell_id"])] = {**dict.fromkeys(ADDED_COLUMNS), **record}
 
     @property
     def parquet(self) -> Path:
@@ -197,16 +257,33 @@ class ResultsFolder:
         return self.folder / "curves"
 
     def append(self, row: Mapping[str, Any]) -> None:
-        """Store a finished cell: its curves first, so a row on disk always has its curves."""
+        """Store a finished cell: its curves first, so a row on disk always has its curves.
+
+        Raises :class:`StorageError` when a file cannot be written; the row is
+        then not kept in memory either, so what the folder holds is what the
+        sweep believes it holds.
+        """
         row = dict(row)
         curves = row.pop(CURVES_KEY, None)
         if curves:
             self.write_curves(str(row["cell_id"]), curves)
-        self.rows[str(row["cell_id"])] = row
-        self.flush()
+        cell_id = str(row["cell_id"])
+        before = self.rows.get(cell_id)
+        self.rows[cell_id] = row
+        try:
+            self.flush()
+        except StorageError:
+            if before is None:
+                del self.rows[cell_id]
+            else:
+                self.rows[cell_id] = before
+            raise
 
     def write_curves(self, cell_id: str, curves: Mapping[str, Sequence[float]]) -> None:
-        self.curves.mkdir(parents=True, exist_ok=True)
+        try:
+            self.curves.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise StorageError(f"could not create {self.curves}: {exc.strerror or exc}") from exc
         frame = pd.DataFrame(
             [
                 {"curve": name, "step": step, "value": float(value)}
@@ -217,7 +294,10 @@ class ResultsFolder:
         atomic_write(self.curves / f"{cell_id}.parquet", lambda p: frame.to_parquet(p, index=False))
 
     def flush(self) -> None:
-        self.folder.mkdir(parents=True, exist_ok=True)
+        try:
+            self.folder.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise StorageError(f"could not create {self.folder}: {exc.strerror or exc}") from exc
         frame = self.frame()
         atomic_write(self.parquet, lambda p: frame.to_parquet(p, index=False))
         atomic_write(self.csv, lambda p: frame.to_csv(p, index=False))

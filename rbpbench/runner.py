@@ -25,11 +25,18 @@ from torch import Tensor
 
 from rbpbench import measure
 from rbpbench.cells import Cell, identity_row
+from rbpbench.convergence import (
+    ForwardFacts,
+    Tolerances,
+    convergence_columns,
+    forward_facts,
+    split_params,
+)
 from rbpbench.data import DatasetUnavailable
 from rbpbench.forward import LastStep, run_without_graph
 from rbpbench.methods.unrolled import bptt
 from rbpbench.plugins import Registry
-from rbpbench.problem import GradientResult, Problem, TrainingRun
+from rbpbench.problem import GradientResult, Problem, TrainingRun, check_result
 from rbpbench.results import CURVES_KEY, DIVERGED, ERROR, OK, OOM, SKIPPED, TRAINING_COLUMNS
 
 
@@ -70,14 +77,29 @@ class References:
     bptt_f: tuple[Tensor, ...]
     bptt_g: tuple[Tensor, ...]
     exact_f: tuple[Tensor, ...] | None
+
+
+@dataclass
+class ProblemFacts:
+    """What the harness measures of a problem itself, once: its forward's convergence and rho(J)."""
+
+    forward: ForwardFacts
     spectral_radius: float
 
 
-def spectral_radius_at_end(problem: Problem, iterations: int) -> float:
-    """rho(J) of the linearisation the RBP family uses: the last step, or the first adjoint step."""
+def problem_facts(problem: Problem, iterations: int) -> ProblemFacts:
+    """One forward to h_{T-1}; from there the forward's residual, g, and rho(J).
+
+    rho(J) is that of the linearisation the RBP family uses: the last step, or
+    the first adjoint step where the problem names some.
+    """
+    h_prev = run_without_graph(problem, problem.num_steps - 1)
     linearised = problem.adjoint_steps[0] if problem.adjoint_steps else None
-    step = LastStep(problem, run_without_graph(problem, problem.num_steps - 1), linearised)
-    return measure.spectral_radius(step.vjp, step.h_prev, iterations=iterations, seed=problem.seed)
+    step = LastStep(problem, h_prev, linearised)
+    radius = measure.spectral_radius(
+        step.vjp, step.h_prev, iterations=iterations, seed=problem.seed
+    )
+    return ProblemFacts(forward_facts(problem, h_prev), radius)
 
 
 @dataclass
@@ -86,13 +108,18 @@ class CellRunner:
     run_id: str
     power_iterations: int = 100
     _references: dict[tuple[Any, ...], References] = field(default_factory=dict)
+    _facts: dict[tuple[Any, ...], ProblemFacts] = field(default_factory=dict)
 
     def problem(self, cell: Cell) -> Problem:
         spec = self.registry.task(cell.task)
-        params = {**spec.defaults, **dict(cell.task_params)}
+        params, _ = split_params({**spec.defaults, **dict(cell.task_params)})
         return spec.build(
             seed=cell.seed, device=torch.device(cell.device), dtype=spec.dtype, **params
         )
+
+    def tolerances(self, cell: Cell) -> Tolerances:
+        _, overrides = split_params(dict(cell.task_params))
+        return Tolerances.of(self.registry.task(cell.task), overrides)
 
     def references(self, cell: Cell) -> References:
         key = (cell.task, cell.task_params, cell.seed, cell.device)
@@ -102,15 +129,14 @@ class CellRunner:
             reference = bptt(problem, 0, diagnostics=False)
             # Cells come task- and seed-major, so one entry suffices and large
             # reference gradients do not pile up over a sweep.
-            self._references = {
-                key: References(
-                    reference.grads_f,
-                    reference.grads_g,
-                    exact,
-                    spectral_radius_at_end(problem, self.power_iterations),
-                )
-            }
+            self._references = {key: References(reference.grads_f, reference.grads_g, exact)}
         return self._references[key]
+
+    def facts(self, cell: Cell, problem: Problem) -> ProblemFacts:
+        key = (cell.task, cell.task_params, cell.seed, cell.device)
+        if key not in self._facts:
+            self._facts = {key: problem_facts(problem, self.power_iterations)}
+        return self._facts[key]
 
     def run(self, cell: Cell) -> dict[str, Any]:
         start = time.perf_counter()
@@ -153,13 +179,20 @@ class CellRunner:
             and math.isfinite(result.forward_residual)
             and measure.all_finite(result.grads_f, result.grads_g)
         ):
-            return {**figures, "status": DIVERGED, "error": "non-finite loss, state or gradient"}
+            return {
+                **figures,
+                **self._convergence(cell, problem, result, may_fail=True),
+                "status": DIVERGED,
+                "error": "non-finite loss, state or gradient",
+            }
+        facts = self.facts(cell, problem)
         refs = self.references(cell)
         wall, repeats = measure.median_wall_time(lambda: compute(False), device)
         memory = measure.peak_memory(lambda: compute(False), device)
         both = result.grads_f + result.grads_g
         return {
             **figures,
+            **self._convergence(cell, problem, result),
             "status": OK,
             "grad_rel_error": measure.relative_error(result.grads_f, refs.bptt_f),
             "grad_cosine": measure.cosine(result.grads_f, refs.bptt_f),
@@ -171,12 +204,24 @@ class CellRunner:
             "grad_rel_error_exact": (
                 measure.relative_error(result.grads_f, refs.exact_f) if refs.exact_f else math.nan
             ),
-            "spectral_radius": refs.spectral_radius,
+            "spectral_radius": facts.spectral_radius,
             "wall_time_s": wall,
             "timing_repeats": repeats,
             "peak_memory_bytes": memory.peak_bytes,
             "memory_method": memory.method,
         }
+
+    def _convergence(
+        self, cell: Cell, problem: Problem, result: GradientResult, *, may_fail: bool = False
+    ) -> dict[str, Any]:
+        """The convergence columns; for a diverged cell, whatever can still be measured."""
+        try:
+            facts: ForwardFacts | None = self.facts(cell, problem).forward
+        except Exception:
+            if not may_fail:
+                raise
+            facts = None
+        return convergence_columns(facts, result.backward_residual, self.tolerances(cell))
 
     def _train(self, cell: Cell) -> dict[str, Any]:
         """One training run with the cell's method as the gradient estimator."""
@@ -194,7 +239,7 @@ class CellRunner:
                 seed=cell.seed,
                 device=torch.device(cell.device),
                 dtype=task.dtype,
-                params={**task.defaults, **dict(cell.task_params)},
+                params=split_params({**task.defaults, **dict(cell.task_params)})[0],
                 gradient=gradient,
                 reference=lambda problem: bptt(problem, 0, diagnostics=False),
             )
@@ -210,34 +255,6 @@ class CellRunner:
         if outcome.diverged:
             row.update(status=DIVERGED, error="training diverged: non-finite loss or parameters")
         return row
-
-
-def check_result(result: GradientResult, problem: Problem) -> None:
-    """A method's answer must have one gradient per parameter, of its shape, dtype and device."""
-    if not isinstance(result, GradientResult):
-        raise TypeError(f"the method returned {type(result).__name__}, not a GradientResult")
-    for group, grads, params in (
-        ("w_F", result.grads_f, problem.params_f),
-        ("w_G", result.grads_g, problem.params_g),
-    ):
-        if len(grads) != len(params):
-            raise ValueError(f"{len(grads)} gradients for the {len(params)} parameters of {group}")
-        for i, (g, p) in enumerate(zip(grads, params, strict=True)):
-            if (
-                not isinstance(g, Tensor)
-                or g.shape != p.shape
-                or g.dtype != p.dtype
-                or g.device != p.device
-            ):
-                got = (
-                    f"{tuple(g.shape)} {g.dtype} {g.device}"
-                    if isinstance(g, Tensor)
-                    else type(g).__name__
-                )
-                raise ValueError(
-                    f"gradient {i} of {group} is {got}; the parameter is "
-                    f"{tuple(p.shape)} {p.dtype} {p.device}"
-                )
 
 
 def result_figures(result: GradientResult) -> dict[str, Any]:

@@ -35,24 +35,39 @@ def plan_cells(settings: SweepSettings) -> list[Cell]:
     )
 
 
-# What a sweep writes before its first row: a folder holding only these is one to resume.
-OWN_FILES = {".lock", "environment.json", "results.parquet", "results.csv"}
+# What a sweep writes: a folder holding only these is one to resume.
+OWN_FILES = {
+    ".lock",
+    "environment.json",
+    "results.parquet",
+    "results.csv",
+    ".results.parquet.partial",
+    ".results.csv.partial",
+    ".environment.json.partial",
+    "curves",
+}
 # Keys of a run's environment that describe the run rather than a machine.
 RUN_KEYS = ("run_id", "time", "git_commit", "git_dirty", "nodes")
 
 
-def open_results(out: Path) -> ResultsFolder:
-    """The results folder to write: a new one, or an earlier sweep's to resume. Never a stranger's."""
+def check_out(out: Path) -> None:
+    """Refuse an --out that is a file or a stranger's folder, before anything is written."""
     if out.exists() and not out.is_dir():
         raise UsageError(f"--out {out} is a file, not a folder")
     if (
         out.is_dir()
         and any(p.name not in OWN_FILES for p in out.iterdir())
         and not (out / "results.parquet").exists()
+        and not (out / "results.csv").exists()
     ):
         raise UsageError(
             f"--out {out} is not empty and holds no rbpbench results; choose a new folder"
         )
+
+
+def open_results(out: Path) -> ResultsFolder:
+    """The results folder to write: a new one, or an earlier sweep's to resume. Never a stranger's."""
+    check_out(out)
     try:
         return ResultsFolder(out)
     except (ValueError, OSError) as exc:
@@ -62,8 +77,12 @@ def open_results(out: Path) -> ResultsFolder:
 @contextmanager
 def exclusive_writer(out: Path) -> Iterator[None]:
     """Hold ``<out>/.lock`` for the sweep: two sweeps writing one folder would lose each other's rows."""
-    out.mkdir(parents=True, exist_ok=True)
-    with open(out / ".lock", "a+") as handle:
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        handle = open(out / ".lock", "a+")  # noqa: SIM115 (held for the whole sweep)
+    except OSError as exc:
+        raise UsageError(f"--out {out} cannot be written: {exc.strerror or exc}") from None
+    with handle:
         try:
             fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
@@ -84,12 +103,18 @@ def record_environment(out: Path, run_id: str, env: dict[str, Any]) -> None:
     path = out / "environment.json"
     runs: dict[str, Any] = json.loads(path.read_text())["runs"] if path.exists() else {}
     runs[run_id] = env
-    out.mkdir(parents=True, exist_ok=True)
     atomic_write(path, lambda p: p.write_text(json.dumps({"runs": runs}, indent=2, default=str)))
 
 
 @dataclass
 class Sweep:
+    """The cells of one command and the folder they are stored in.
+
+    ``hold()`` takes the folder's lock and only then reads what is finished, so
+    two sweeps on one folder cannot both start from the same stale table; the
+    lock is kept until the last row is written.
+    """
+
     settings: SweepSettings
     registry: Registry
     plugins: PluginConfig
@@ -104,9 +129,23 @@ class Sweep:
             from rbpbench.ray_executor import import_ray
 
             import_ray()  # not installed: one line and exit 2, before anything is written
-        self.results = open_results(self.out)
-        done = self.results.finished(retry_failed=self.retry_failed)
-        self.todo = [c for c, i in zip(self.cells, self.ids, strict=True) if i not in done]
+        check_out(self.out)
+        self.results = ResultsFolder(self.out, read=False)  # read under the lock, in hold()
+        self.todo: list[Cell] = []
+        self._held = False
+
+    @contextmanager
+    def hold(self) -> Iterator[None]:
+        """Lock the folder, then read its finished cells into ``results`` and ``todo``."""
+        with exclusive_writer(self.out):
+            self.results = open_results(self.out)
+            done = self.results.finished(retry_failed=self.retry_failed)
+            self.todo = [c for c, i in zip(self.cells, self.ids, strict=True) if i not in done]
+            self._held = True
+            try:
+                yield
+            finally:
+                self._held = False
 
     def executor(self) -> Executor:
         """The one place where the engine is chosen; a Ray executor is connected here, before any write."""
@@ -128,10 +167,14 @@ class Sweep:
         return LocalPool(self.registry, self.plugins, self.run_id, s.jobs, s.timeout)
 
     def run(self, on_row: Callable[[dict[str, Any]], None] = lambda row: None) -> None:
+        """Run the cells not finished yet; takes the folder's lock unless ``hold()`` has it."""
+        if not self._held:
+            with self.hold():
+                self.run(on_row)
+            return
         executor = self.executor() if self.todo else None  # Ray fails here, before any write
         try:
-            with exclusive_writer(self.out):
-                self._run(executor, on_row)
+            self._run(executor, on_row)
         finally:
             if executor is not None:
                 executor.close()

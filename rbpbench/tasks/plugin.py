@@ -48,5 +48,8 @@ def rbpbench_tasks() -> list[TaskSpec]:
             defaults=dataclasses.asdict(hyperopt.Settings()),
             dtype=torch.float32,
             train=hyperopt.train,
+            # Its recurrent network is SGD itself: the weights keep moving, there is no fixed
+            # point to reach, and its rows say "not checked" rather than "did not converge".
+            forward_converges=False,
         ),
     ]
