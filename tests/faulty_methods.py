@@ -46,6 +46,18 @@ def wrong_shape(problem, truncation, **_):
     return result
 
 
+def list_grads(problem, truncation, **_):
+    result = bptt(problem, truncation)
+    result.grads_f = list(result.grads_f)
+    return result
+
+
+def keeps_graph(problem, truncation, **_):
+    result = bptt(problem, truncation)
+    result.grads_f = tuple(g.clone().requires_grad_() for g in result.grads_f)
+    return result
+
+
 # A test cluster's worker node gets this file's path in its environment (see tests/test_ray_executor.py).
 STALL_FILE_ENV = "RBPBENCH_TEST_STALL_FILE"
 _cells_seen: set[tuple[int, int]] = set()
@@ -72,5 +84,7 @@ def rbpbench_methods() -> list[MethodSpec]:
         MethodSpec("dies", dies, "kills its own process"),
         MethodSpec("exhausts-memory", exhausts_memory, "asks for 4 EiB"),
         MethodSpec("wrong-shape", wrong_shape, "returns flattened gradients"),
+        MethodSpec("list-grads", list_grads, "returns grads_f as a list"),
+        MethodSpec("keeps-graph", keeps_graph, "returns gradients that require grad"),
         MethodSpec("naps", naps, "BPTT after a nap; can stall on a chosen node"),
     ]

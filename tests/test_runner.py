@@ -40,10 +40,17 @@ def test_exceptions_become_error_and_oom_rows() -> None:
     assert runner.run(cell("exhausts-memory"))["status"] == "oom"
     shape = runner.run(cell("wrong-shape"))
     assert shape["status"] == "error"
-    assert (
-        "gradient 0 of w_F is (1024,) torch.float64 cpu; the parameter is (32, 32)"
-        in shape["error"]
-    )
+    assert "grads_f[0] is (1024,) torch.float64 cpu; the parameter is (32, 32)" in shape["error"]
+
+
+def test_a_result_breaking_the_contract_is_an_error_row_naming_the_field() -> None:
+    runner = faulty_runner()
+    listed = runner.run(cell("list-grads"))
+    assert listed["status"] == "error"
+    assert "grads_f is a list; it must be a tuple" in listed["error"]
+    graph = runner.run(cell("keeps-graph"))
+    assert graph["status"] == "error"
+    assert "grads_f[0] requires grad" in graph["error"]
 
 
 def test_non_finite_gradients_are_a_diverged_row() -> None:

@@ -156,3 +156,149 @@ def test_workers_end_soon_after_their_driver_is_killed(tmp_path: Path) -> None:
         time.sleep(0.2)
     os.killpg(driver.pid, signal.SIGKILL)
     pytest.fail("worker processes outlived their driver by 20 s")
+
+
+def wait_for_rows(out: Path, n: int, process: subprocess.Popen[bytes], limit: float = 120) -> None:
+    deadline = time.monotonic() + limit
+    while rows_on_disk(out) < n and time.monotonic() < deadline and process.poll() is None:
+        time.sleep(0.05)
+    assert rows_on_disk(out) >= n, "the sweep stored too few rows in time"
+
+
+def chattr(flag: str, path: Path) -> bool:
+    done = subprocess.run(["chattr", "-R", flag, str(path)], capture_output=True)
+    return done.returncode == 0
+
+
+def test_a_folder_that_turns_unwritable_stops_the_sweep_with_exit_3_and_it_resumes(
+    tmp_path: Path,
+) -> None:
+    """As on a full disk: the first row that cannot be stored ends the sweep, loudly."""
+    out = tmp_path / "run"
+    args = ["run", "--methods", "bptt,neumann-rbp", "--truncation", "5,10", "--seeds", "0-4",
+            "--task-param", "steps=60", "--out", str(out)]  # fmt: skip
+    sweep = subprocess.Popen(
+        [sys.executable, "-m", "rbpbench", *args],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        start_new_session=True,
+    )
+    try:
+        wait_for_rows(out, 2, sweep)
+        if not chattr("+i", out):
+            pytest.skip("chattr +i is not permitted here (needs root on ext2/3/4)")
+        stdout, stderr = sweep.communicate(timeout=300)
+    finally:
+        chattr("-i", out)
+        if sweep.poll() is None:
+            os.killpg(sweep.pid, signal.SIGKILL)
+    assert sweep.returncode == 3, stderr
+    assert "Traceback" not in stderr and "cells in" not in stdout
+    message = [line for line in stderr.splitlines() if line.startswith("rbpbench: error:")]
+    assert len(message) == 1 and "could not write" in message[0] and str(out) in message[0]
+    stored = pd.read_parquet(out / "results.parquet")  # still readable
+    assert 2 <= len(stored) < 20
+    assert len(pd.read_csv(out / "results.csv")) == len(stored)
+    resumed = run_cli(*args)
+    assert resumed.returncode == 0, resumed.stderr
+    assert f"{len(stored)} of 20 cells already finished" in resumed.stderr
+    assert len(pd.read_parquet(out / "results.parquet")) == 20
+
+
+def test_a_sweep_reads_its_folder_only_once_it_holds_the_lock(tmp_path: Path) -> None:
+    """A sweep planned while another writes the folder must not overwrite that one's rows."""
+    from rbpbench.config import resolve
+    from rbpbench.plugins import PluginConfig, load_registry
+    from rbpbench.sweep import Sweep
+
+    out = tmp_path / "run"
+    registry = load_registry(PluginConfig())
+    settings = resolve(
+        {"methods": "bptt", "truncation": "2", "seeds": "1"},
+        registry,
+        task_param_flags={"steps": 20},
+    )
+    late = Sweep(settings, registry, PluginConfig(), out)  # planned before the other sweep ran
+    other = run_cli("run", "--methods", "bptt", "--truncation", "2", "--seeds", "0",
+                    "--task-param", "steps=20", "--out", str(out))  # fmt: skip
+    assert other.returncode == 0, other.stderr
+    late.run()
+    table = pd.read_parquet(out / "results.parquet")
+    assert sorted(table.seed) == [0, 1]
+
+
+def test_a_refused_second_sweep_says_nothing_about_resuming(tmp_path: Path) -> None:
+    out = tmp_path / "run"
+    common = ["run", *FAULTY, "--truncation", "1", "--seeds", "0", "--out", str(out)]
+    first = subprocess.Popen(
+        [sys.executable, "-m", "rbpbench", *common, "--methods", "bptt,hangs", "--timeout", "600"],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,
+        cwd=REPO,
+    )
+    try:
+        wait_for_rows(out, 1, first)
+        second = run_cli(*common, "--methods", "bptt", cwd=REPO)
+        assert second.returncode == 2
+        assert "resuming" not in second.stderr
+        assert second.stderr.startswith("rbpbench: error:") and len(second.stderr.splitlines()) == 1
+    finally:
+        os.killpg(first.pid, signal.SIGKILL)
+        first.wait()
+
+
+def test_sigterm_stops_the_sweep_like_ctrl_c_and_it_resumes(tmp_path: Path) -> None:
+    out = tmp_path / "run"
+    args = ["run", *FAULTY, "--methods", "bptt,hangs", "--truncation", "1", "--seeds", "0",
+            "--timeout", "600", "--out", str(out)]  # fmt: skip
+    sweep = subprocess.Popen(
+        [sys.executable, "-m", "rbpbench", *args],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        start_new_session=True,
+        cwd=REPO,
+    )
+    wait_for_rows(out, 1, sweep)
+    os.killpg(sweep.pid, signal.SIGTERM)  # the driver and its workers, as a service manager does
+    _, stderr = sweep.communicate(timeout=60)
+    assert sweep.returncode == 143
+    assert "terminated: finished cells are in" in stderr
+    assert "run the same command again to resume" in stderr
+    table = pd.read_parquet(out / "results.parquet")
+    assert list(table.status) == ["ok"]  # the hanging cell is not recorded as crashed
+    deadline = time.monotonic() + 20
+    while time.monotonic() < deadline:
+        try:
+            os.killpg(sweep.pid, 0)
+        except ProcessLookupError:
+            break
+        time.sleep(0.2)
+    else:
+        pytest.fail("worker processes outlived the terminated sweep by 20 s")
+
+
+def test_a_folder_whose_parquet_file_is_gone_resumes_from_its_csv(tmp_path: Path) -> None:
+    out = tmp_path / "run"
+    args = ("run", "--methods", "bptt,neumann-rbp", "--truncation", "2", "--task-param",
+            "steps=20", "--out", str(out))  # fmt: skip
+    assert run_cli(*args, "--seeds", "0").returncode == 0
+    first = pd.read_csv(out / "results.csv")
+    (out / "results.parquet").unlink()
+    again = run_cli(*args, "--seeds", "0-1")
+    assert again.returncode == 0, again.stderr
+    assert "2 of 4 cells already finished" in again.stderr
+    table = pd.read_parquet(out / "results.parquet").set_index("cell_id")
+    assert len(table) == 4
+    assert (table.loc[first.cell_id, "run_id"] == first.set_index("cell_id").run_id).all()
+
+
+def test_an_out_folder_that_cannot_be_created_is_one_line_and_exit_2(tmp_path: Path) -> None:
+    blocker = tmp_path / "file"
+    blocker.write_text("")
+    result = run_cli("run", "--methods", "bptt", "--truncation", "1", "--seeds", "0",
+                     "--out", str(blocker / "run"))  # fmt: skip
+    assert result.returncode == 2 and "Traceback" not in result.stderr
+    assert result.stderr.startswith(f"rbpbench: error: --out {blocker / 'run'} cannot be written")
