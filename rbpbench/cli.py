@@ -171,14 +171,28 @@ def command_run(args: argparse.Namespace) -> int:
     frame = sweep.frame()
     print(leaderboard.render(frame))
     print(f"\n{len(frame)} cells in {sweep.results.parquet} and {sweep.results.csv}")
-    failed = frame[frame.status.isin(fail_on)]
-    if len(failed):
-        print(
-            f"rbpbench: {len(failed)} cells ended in {', '.join(sorted(set(failed.status)))}",
-            file=sys.stderr,
-        )
+    reasons = failure_reasons(frame, fail_on)
+    if reasons:
+        print(f"rbpbench: {'; '.join(reasons)}", file=sys.stderr)
         return 1
     return 0
+
+
+def failure_reasons(frame: Any, fail_on: Sequence[str]) -> list[str]:
+    """What ``--fail-on`` finds in a sweep's table, as phrases; empty: exit 0."""
+    reasons = []
+    failed = frame[frame.status.isin(fail_on)]
+    if len(failed):
+        reasons.append(f"{len(failed)} cells ended in {', '.join(sorted(set(failed.status)))}")
+    for condition, column, what in (
+        ("unconverged", "forward_converged", "forward pass did not converge"),
+        ("adjoint-unconverged", "adjoint_converged", "adjoint system was not solved"),
+    ):
+        if condition in fail_on and column in frame:
+            count = int((frame[column] == False).sum())  # noqa: E712 (nullable booleans)
+            if count:
+                reasons.append(f"{count} cells whose {what} to tolerance")
+    return reasons
 
 
 def command_list(args: argparse.Namespace) -> int:
@@ -324,7 +338,8 @@ def make_parser() -> argparse.ArgumentParser:
     run.add_argument(
         "--fail-on",
         metavar="STATUSES",
-        help="exit 1 if any cell ends in one of these, e.g. error,timeout",
+        help="exit 1 if any cell ends in one of these, e.g. error,timeout; also unconverged "
+        "(a forward pass that did not converge) and adjoint-unconverged",
     )
     run.add_argument(
         "--dry-run", action="store_true", help="print the cells and their number; run nothing"

@@ -169,12 +169,18 @@ def parse_devices(value: Any) -> list[str]:
     return list(dict.fromkeys(devices))
 
 
+# --fail-on conditions beside the statuses: a cell whose forward did not converge, and a
+# cell whose adjoint system was left above its tolerance (often by design: a truncation).
+CONVERGENCE_CONDITIONS = ("unconverged", "adjoint-unconverged")
+
+
 def parse_statuses(value: str) -> list[str]:
     statuses = [s.strip() for s in value.split(",") if s.strip()]
-    unknown = [s for s in statuses if s not in STATUSES]
+    valid = (*STATUSES, *CONVERGENCE_CONDITIONS)
+    unknown = [s for s in statuses if s not in valid]
     if unknown:
         raise UsageError(
-            f"--fail-on: unknown status {', '.join(unknown)}; valid: {', '.join(STATUSES)}"
+            f"--fail-on: unknown status {', '.join(unknown)}; valid: {', '.join(valid)}"
         )
     return statuses
 

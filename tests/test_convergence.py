@@ -102,3 +102,21 @@ def test_tolerances_come_from_the_task_then_the_user() -> None:
     assert Tolerances.of(spec, {}).adjoint == default_tolerance(torch.float32)
     undeclared = TaskSpec("u", lambda **_: None, "", forward_converges=False)  # type: ignore[arg-type,return-value]
     assert Tolerances.of(undeclared, {}).forward is None
+
+
+@pytest.mark.slow
+def test_fail_on_unconverged_gives_exit_1(tmp_path) -> None:
+    from tests.helpers import run_cli
+
+    args = ("run", "--methods", "bptt,neumann-rbp", "--truncation", "10", "--seeds", "0",
+            "--task-param", "spectral_norm=0.99")  # fmt: skip
+    short = run_cli(*args, "--task-param", "steps=3", "--out", str(tmp_path / "a"),
+                    "--fail-on", "unconverged")  # fmt: skip
+    assert short.returncode == 1
+    assert "2 cells whose forward pass did not converge to tolerance" in short.stderr
+    assert "did not converge" in short.stdout  # the leaderboard says so too
+    long = run_cli(*args, "--out", str(tmp_path / "b"), "--fail-on", "unconverged")
+    assert long.returncode == 0, long.stderr
+    truncated = run_cli(*args, "--out", str(tmp_path / "b"), "--fail-on", "adjoint-unconverged")
+    assert truncated.returncode == 1
+    assert "1 cells whose adjoint system was not solved" in truncated.stderr
