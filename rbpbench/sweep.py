@@ -77,25 +77,38 @@ def open_results(out: Path) -> ResultsFolder:
 @contextmanager
 def exclusive_writer(out: Path) -> Iterator[None]:
     """Hold ``<out>/.lock`` for the sweep: two sweeps writing one folder would lose each other's rows."""
+    created = not out.exists()
     try:
         out.mkdir(parents=True, exist_ok=True)
         handle = open(out / ".lock", "a+")  # noqa: SIM115 (held for the whole sweep)
     except OSError as exc:
         raise UsageError(f"--out {out} cannot be written: {exc.strerror or exc}") from None
-    with handle:
-        try:
-            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            handle.seek(0)
-            raise UsageError(
-                f"--out {out} is being written by another rbpbench run ({handle.read().strip()}); "
-                "wait for it or choose another folder"
-            ) from None
+    try:
+        with handle:
+            take_lock(out, handle)
+            yield
+    except UsageError:
+        # Refused before its first write (a Ray cluster out of reach, say): leave no folder.
+        if created and {p.name for p in out.iterdir()} == {".lock"}:
+            (out / ".lock").unlink()
+            out.rmdir()
+        raise
+
+
+def take_lock(out: Path, handle: Any) -> None:
+    """Lock the open ``.lock`` file, or say which process holds it; record our pid in it."""
+    try:
+        fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
         handle.seek(0)
-        handle.truncate()
-        handle.write(f"pid {os.getpid()}")
-        handle.flush()
-        yield
+        raise UsageError(
+            f"--out {out} is being written by another rbpbench run ({handle.read().strip()}); "
+            "wait for it or choose another folder"
+        ) from None
+    handle.seek(0)
+    handle.truncate()
+    handle.write(f"pid {os.getpid()}")
+    handle.flush()
 
 
 def record_environment(out: Path, run_id: str, env: dict[str, Any]) -> None:
