@@ -232,25 +232,32 @@ def command_plugins(args: argparse.Namespace) -> int:
 
 
 def results_table(folder: str) -> Any:
-    """The results table of a folder, or a UsageError that says what is wrong with it."""
+    """The results table of a folder as the leaderboard reads it (:func:`leaderboard.prepared`),
+    or a UsageError that says what is wrong with it. Repeated cell ids: a warning on stderr,
+    and the last row of each is kept."""
     from rbpbench.results import read
 
     path = Path(folder)
-    if not (path / "results.parquet").is_file():
+    table = path / "results.parquet"
+    if not table.is_file():
         raise UsageError(f"{path} holds no results table (results.parquet); run rbpbench run first")
     try:
         frame = read(path)
     except Exception as exc:
-        raise UsageError(f"{path / 'results.parquet'} cannot be read: {exc}") from None
-    missing = [
-        c for c in ("cell_id", "task", "method", "truncation", "seed", "status") if c not in frame
-    ]
-    if missing:
-        raise UsageError(
-            f"{path / 'results.parquet'} is not an rbpbench results table (no {', '.join(missing)})"
-        )
+        raise UsageError(f"{table} cannot be read: {exc}") from None
+    try:
+        repeated = leaderboard.duplicate_cells(frame) if "cell_id" in frame else []
+        frame = leaderboard.prepared(frame)
+    except leaderboard.TableError as exc:
+        raise UsageError(f"{table}: {exc}") from None
     if frame.empty:
-        raise UsageError(f"{path / 'results.parquet'} holds no cells")
+        raise UsageError(f"{table} holds no cells")
+    if repeated:
+        print(
+            f"rbpbench: warning: {table}: {len(repeated)} cell id(s) have more than one row "
+            f"(first: {repeated[0]}); the last row of each is used",
+            file=sys.stderr,
+        )
     return frame
 
 
@@ -268,8 +275,14 @@ def command_leaderboard(args: argparse.Namespace) -> int:
 def command_report(args: argparse.Namespace) -> int:
     from rbpbench.reports import report
 
-    results_table(args.results)
-    path = report.write(Path(args.results))
+    frame = results_table(args.results)
+    try:
+        path = report.write(Path(args.results), frame)
+    except OSError as exc:
+        where = f"{exc.filename}: " if exc.filename else ""
+        raise UsageError(
+            f"cannot write the report in {args.results}: {where}{exc.strerror or exc}"
+        ) from None
     print(f"wrote {path} and its figures in {path.parent / report.FIGURES_DIR}")
     return 0
 

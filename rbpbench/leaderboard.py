@@ -8,6 +8,13 @@ dropped: a success rate counts them as failures, and a figure that only some
 cells have says "(n of N)". The best figure of each column (each K) is marked.
 Statistics: :mod:`rbpbench.stats`.
 
+Convergence, where the table has the columns: a figure that includes cells
+whose forward pass did not converge (``forward_converged`` false) carries
+``†n``, n such cells; a group's header says how many of its cells did not
+converge, or that the task does not check; the share of the cells whose
+adjoint converged is a metric of its own.
+
+:func:`prepared` checks a table and reads it as the leaderboard does;
 :func:`build` makes the tables; :func:`render` writes them as text, markdown,
 html or csv.
 """
@@ -29,6 +36,14 @@ from rbpbench.stats import Aggregate, t_interval, wilson_interval
 
 FORMATS = ("text", "markdown", "html", "csv")
 REFERENCE = "bptt"
+# A table needs these, filled in every row; every other column is optional.
+REQUIRED = ("cell_id", "task", "method", "truncation", "seed", "status")
+# Optional columns the leaderboard and the report read as text: null where a table lacks them.
+TEXT_COLUMNS = ("run_id", "task_params", "method_params", "device", "dtype", "error")
+TRAINING_MARKERS = ("train_loss_final", "success")  # a training task fills one of them
+FORWARD, FORWARD_TOLERANCE = "forward_converged", "forward_tolerance"
+ADJOINT = "adjoint_converged"
+UNCONVERGED_MARK = "†"
 LEGEND = (
     "mean ± half-width of the 95% confidence interval over seeds (Student t); success rates: "
     "the percentage of all cells with the 95% Wilson interval in brackets, a failed cell "
@@ -37,6 +52,14 @@ LEGEND = (
     "the best of each column (ties at the printed precision included) is "
 )
 MARKS = {"text": "marked *", "markdown": "in bold", "html": "in bold green"}
+UNCONVERGED_LEGEND = (
+    f"{UNCONVERGED_MARK}n: the figure includes n cells whose forward pass did not converge "
+    f"({FORWARD} false)"
+)
+NOT_CHECKED = (
+    "forward convergence not checked: the task declares that its forward is not a "
+    "fixed-point iteration"
+)
 
 
 @dataclass(frozen=True)
@@ -49,7 +72,9 @@ class Metric:
     better: str | None = "lower"  # "lower", "higher", or None: nothing is marked best
     fmt: str = ".3g"
     scale: float = 1.0
-    kind: str = "mean"  # "mean" (t interval), "rate" (Wilson interval), "ratio" (BPTT / method)
+    # "mean" (t interval), "rate" (Wilson interval, every cell a trial), "share" (Wilson
+    # interval over the cells that have the flag), "ratio" (BPTT / method)
+    kind: str = "mean"
     vs_bptt: bool = False  # relative to BPTT: BPTT is the reference, not a contender
     unit: str = ""  # "percent", "bytes" and "seconds" are scaled to suit the values
 
@@ -102,6 +127,7 @@ CATALOGUE: tuple[Metric, ...] = (
         unit="x",
     ),
     Metric("train_time", "training time", "train_time_s", unit="seconds"),
+    Metric("adjoint_converged", "adjoint converged", ADJOINT, None, kind="share"),
 )
 BY_KEY = {metric.key: metric for metric in CATALOGUE}
 
@@ -136,6 +162,8 @@ class Table:
     scale: float
     unit: str = ""  # of the printed figures: "%", "ms", "MiB", "x", ...
     suffix: str = ""  # appended to every printed figure
+    # per method and K: how many of the cells in the figure have a forward that did not converge
+    unconverged: dict[tuple[str, int], int] = field(default_factory=dict)
 
 
 @dataclass
@@ -157,12 +185,87 @@ class Group:
     @property
     def trains(self) -> bool:
         """A training task: its gradient figures are taken at the initial parameters."""
-        return bool(self.rows.train_loss_final.notna().any() or self.rows.success.notna().any())
+        return any(c in self.rows and self.rows[c].notna().any() for c in TRAINING_MARKERS)
+
+    @property
+    def unconverged(self) -> int:
+        """Cells whose forward pass did not converge (``forward_converged`` false)."""
+        return int(_false(self.rows, FORWARD).sum())
+
+
+def flags(rows: pd.DataFrame, column: str) -> pd.Series:
+    """A nullable boolean column as booleans with NA; all NA where the table lacks it."""
+    if column not in rows:
+        return pd.Series(pd.NA, index=rows.index, dtype="boolean")
+    return rows[column].astype("boolean")
+
+
+def _false(rows: pd.DataFrame, column: str) -> pd.Series:
+    return ~flags(rows, column).fillna(True).astype(bool)
+
+
+class TableError(ValueError):
+    """What makes a results table unreadable for the leaderboard, in one line."""
+
+
+def json_object(text: object, name: str = "value") -> dict[str, object]:
+    """A JSON object column's value as a dict: {} when null, ``{name: text}`` when not an object."""
+    if not isinstance(text, str):
+        return {}
+    try:
+        value = json.loads(text)
+    except ValueError:
+        return {name: text}
+    return value if isinstance(value, dict) else {name: text}
+
+
+def duplicate_cells(frame: pd.DataFrame) -> list[str]:
+    """The cell ids that have more than one row."""
+    ids = frame.cell_id.astype("string")
+    return [str(c) for c in dict.fromkeys(ids[ids.duplicated()])]
+
+
+def _whole_numbers(frame: pd.DataFrame, column: str) -> pd.Series:
+    values = pd.to_numeric(frame[column], errors="coerce").astype("float64")
+    bad = ~(values.notna() & values.apply(math.isfinite) & (values % 1 == 0))
+    if bad.any():
+        value = frame[column][bad.idxmax()]
+        shown = repr(value) if isinstance(value, str) else str(value)
+        raise TableError(
+            f"{column} must be a whole number in every row; cell {frame.cell_id[bad.idxmax()]} "
+            f"has {shown}"
+        )
+    return values.astype("int64")
+
+
+def prepared(frame: pd.DataFrame) -> pd.DataFrame:
+    """The table as the leaderboard reads it, or a TableError saying what is wrong with it.
+
+    The :data:`REQUIRED` columns must be present and filled, truncation and seed
+    whole numbers; a missing optional column is absent (the text columns read
+    as null); of the rows of one cell id, the last is kept.
+    """
+    missing = [c for c in REQUIRED if c not in frame]
+    if missing:
+        raise TableError(f"not an rbpbench results table (no {', '.join(missing)})")
+    frame = frame.reset_index(drop=True)
+    for column in REQUIRED:
+        empty = frame[column].isna()
+        if empty.any():
+            raise TableError(f"{column} is empty in {int(empty.sum())} row(s); it is required")
+    frame = frame.drop_duplicates("cell_id", keep="last").reset_index(drop=True)
+    frame = frame.assign(
+        **{c: frame[c].astype("string") for c in ("cell_id", "task", "method", "status")},
+        truncation=_whole_numbers(frame, "truncation"),
+        seed=_whole_numbers(frame, "seed"),
+    )
+    absent = {c: pd.Series(pd.NA, index=frame.index, dtype="string") for c in TEXT_COLUMNS}
+    return frame.assign(**{c: v for c, v in absent.items() if c not in frame})
 
 
 def _varying_params(rows: pd.DataFrame) -> pd.DataFrame:
     """Per row, the task parameters (and device, dtype) that differ within ``rows``."""
-    params = pd.DataFrame([json.loads(p) if isinstance(p, str) else {} for p in rows.task_params])
+    params = pd.DataFrame([json_object(p, "task_params") for p in rows.task_params])
     params.index = rows.index
     params["device"], params["dtype"] = rows.device, rows.dtype
     keep = [c for c in params.columns if params[c].astype(str).nunique() > 1]
@@ -231,8 +334,21 @@ def _aggregate(metric: Metric, rows: pd.DataFrame, scale: float) -> Aggregate:
     if metric.kind == "rate":
         hits = int(rows[metric.column].fillna(False).astype(bool).sum())
         return wilson_interval(hits, len(rows))
+    if metric.kind == "share":
+        checked = flags(rows, metric.column).dropna()
+        return wilson_interval(int(checked.astype(bool).sum()), len(checked))
     values = rows["_ratio"] if metric.kind == "ratio" else rows[metric.column].astype("float64")
     return t_interval((values * scale).tolist(), cells=len(rows))
+
+
+def _included(metric: Metric, rows: pd.DataFrame) -> pd.Series:
+    """Which of ``rows`` go into the metric's figure."""
+    if metric.kind == "rate":
+        return pd.Series(True, index=rows.index)
+    if metric.kind == "share":
+        return flags(rows, metric.column).notna()
+    values = rows["_ratio"] if metric.kind == "ratio" else rows[metric.column].astype("float64")
+    return values.notna() & values.apply(math.isfinite)
 
 
 def _printed(metric: Metric, mean: float) -> str:
@@ -274,9 +390,9 @@ def applies(metric: Metric, rows: pd.DataFrame) -> bool:
 
 def _scale(metric: Metric, rows: pd.DataFrame) -> tuple[float, str, str]:
     """The factor applied to the column, the unit in the title, and the suffix of each figure."""
-    values = rows[metric.column].astype("float64") if metric.column in rows else pd.Series()
-    if metric.kind == "rate":
+    if metric.kind in ("rate", "share"):
         return 1.0, "%", ""
+    values = rows[metric.column].astype("float64") if metric.column in rows else pd.Series()
     if metric.unit == "percent":
         scale = _percent_scale(values)
         return scale, "%" if scale == 100 else "", ""
@@ -299,15 +415,22 @@ def make_table(metric: Metric, group: Group) -> Table:
         title += " at the initial parameters"
     if metric.kind == "rate":
         title += ", failed cells counting as failures"
-    cells = {
-        (str(method), int(k)): _aggregate(metric, part, scale)
-        for (method, k), part in rows.groupby(["method", "truncation"], sort=False)
-    }
-    return Table(metric, title, cells, _best(metric, cells), scale, unit, suffix)
+    if metric.kind == "share":
+        title += ", of the cells that solve an adjoint system"
+    cells, unconverged = {}, {}
+    for (method, k), part in rows.groupby(["method", "truncation"], sort=False):
+        if metric.kind == "share" and not flags(part, metric.column).notna().any():
+            continue
+        cells[(str(method), int(k))] = _aggregate(metric, part, scale)
+        flagged = int((_false(part, FORWARD) & _included(metric, part)).sum())
+        if flagged:
+            unconverged[(str(method), int(k))] = flagged
+    return Table(metric, title, cells, _best(metric, cells), scale, unit, suffix, unconverged)
 
 
 def build(frame: pd.DataFrame, metrics: Sequence[Metric] | None = None) -> list[Group]:
     """The leaderboard of a results table: one group per task (and setting), one table per metric."""
+    frame = prepared(frame)
     out = []
     for rows in groups(frame):
         methods = list(dict.fromkeys(str(m) for m in rows.method))
@@ -357,19 +480,33 @@ def cell_count(counts: Counter[str] | None) -> str:
     return f"{total} ({bad})" if bad else str(total)
 
 
-def _grid(group: Group, table: Table | None, mark: str) -> pd.DataFrame:
-    """Methods x K as strings; ``mark`` wraps a best figure (``{}``-style template)."""
-    data = {}
-    for k in group.truncations:
-        column = []
-        for method in group.methods:
-            key = (method, k)
-            if table is None:
-                column.append(cell_count(group.counts.get(key)))
-                continue
-            text = figure(table.cells.get(key), table)
-            column.append(mark.format(text) if key in table.best else text)
-        data[f"K={k}"] = column
+def forward_count(rows: pd.DataFrame) -> str:
+    """How many of the cells whose forward was checked did not converge: ``1 of 3``."""
+    checked = int(flags(rows, FORWARD).notna().sum())
+    return f"{int(_false(rows, FORWARD).sum())} of {checked}" if checked else "-"
+
+
+def _cell(group: Group, table: Table | str, key: tuple[str, int], mark: str) -> str:
+    if table == "statuses":
+        return cell_count(group.counts.get(key))
+    if isinstance(table, str):
+        rows = group.rows[(group.rows.method == key[0]) & (group.rows.truncation == key[1])]
+        return forward_count(rows) if len(rows) else "-"
+    text = figure(table.cells.get(key), table)
+    if key in table.unconverged:
+        text += f" {UNCONVERGED_MARK}{table.unconverged[key]}"
+    return mark.format(text) if key in table.best else text
+
+
+def _grid(group: Group, table: Table | str, mark: str) -> pd.DataFrame:
+    """Methods x K as strings; ``mark`` wraps a best figure (``{}``-style template).
+
+    ``table`` is a metric's table, or the name of a count: "statuses" or "forward".
+    """
+    data = {
+        f"K={k}": [_cell(group, table, (method, k), mark) for method in group.methods]
+        for k in group.truncations
+    }
     return pd.DataFrame(data, index=pd.Index(group.methods, name="method"))
 
 
@@ -384,14 +521,63 @@ def _header(group: Group) -> str:
     return header
 
 
-def _sections(group: Group) -> list[tuple[str, Table | None]]:
-    return [("cells (statuses other than ok)", None), *[(t.title, t) for t in group.tables]]
+def _tolerances(rows: pd.DataFrame) -> str:
+    if FORWARD_TOLERANCE not in rows:
+        return "its tolerance"
+    values = sorted({float(v) for v in rows[FORWARD_TOLERANCE].astype("float64").dropna()})
+    if not values:
+        return "its tolerance"
+    if len(values) == 1:
+        return f"tolerance {values[0]:.1e}"
+    return f"tolerance {values[0]:.1e} to {values[-1]:.1e}"
+
+
+def convergence_note(group: Group) -> str | None:
+    """What the group's header says about its forward passes: how many did not converge, or
+    :data:`NOT_CHECKED` where no ok cell was checked; nothing where the table has no
+    ``forward_converged`` column or every checked cell converged."""
+    rows = group.rows
+    if FORWARD not in rows:
+        return None
+    checked = flags(rows, FORWARD).notna()
+    if group.unconverged:
+        unconverged = rows[_false(rows, FORWARD)]
+        return (
+            f"{group.unconverged} of {int(checked.sum())} cells: forward did not converge "
+            f"(relative residual above {_tolerances(unconverged)})"
+        )
+    ok = rows.status == OK
+    tolerance = (
+        rows[FORWARD_TOLERANCE].astype("float64").notna()
+        if FORWARD_TOLERANCE in rows
+        else pd.Series(False, index=rows.index)
+    )
+    if ok.any() and not (checked[ok].any() or tolerance[ok].any()):
+        return NOT_CHECKED
+    return None
+
+
+def legend(board: Sequence[Group], marks: str) -> str:
+    text = LEGEND + marks
+    if any(group.unconverged for group in board):
+        text += f"; {UNCONVERGED_LEGEND}"
+    return text + "."
+
+
+def _sections(group: Group) -> list[tuple[str, Table | str]]:
+    sections: list[tuple[str, Table | str]] = [("cells (statuses other than ok)", "statuses")]
+    if group.unconverged:
+        sections.append(("cells whose forward did not converge, of those checked", "forward"))
+    return [*sections, *[(t.title, t) for t in group.tables]]
 
 
 def render_text(board: Sequence[Group]) -> str:
-    blocks = [LEGEND + MARKS["text"] + "."]
+    blocks = [legend(board, MARKS["text"])]
     for group in board:
         text = [f"== {_header(group)} =="]
+        note = convergence_note(group)
+        if note:
+            text.append(note)
         for title, table in _sections(group):
             text.append(f"-- {title}\n{_grid(group, table, '{} *').to_string()}")
         blocks.append("\n".join(text))
@@ -407,23 +593,29 @@ def _markdown_table(grid: pd.DataFrame) -> str:
 
 
 def render_markdown(board: Sequence[Group]) -> str:
-    blocks = [f"_{LEGEND}{MARKS['markdown']}._"]
+    blocks = [f"_{legend(board, MARKS['markdown'])}_"]
     for group in board:
         blocks.append(f"## {_header(group)}")
+        note = convergence_note(group)
+        if note:
+            blocks.append(note)
         for title, table in _sections(group):
             blocks.append(f"**{title}**\n\n{_markdown_table(_grid(group, table, '**{}**'))}")
     return "\n\n".join(blocks) + "\n"
 
 
-def legend_html() -> str:
-    return f'<p class="legend">{html.escape(LEGEND + MARKS["html"])}.</p>'
+def legend_html(board: Sequence[Group] = ()) -> str:
+    return f'<p class="legend">{html.escape(legend(board, MARKS["html"]))}</p>'
 
 
-def render_html_fragment(board: Sequence[Group], level: int = 2, legend: bool = True) -> str:
+def render_html_fragment(board: Sequence[Group], level: int = 2, with_legend: bool = True) -> str:
     """The tables as HTML (no document around them), for the report and ``--format html``."""
-    parts = [legend_html()] if legend else []
+    parts = [legend_html(board)] if with_legend else []
     for group in board:
         parts.append(f"<h{level}>{html.escape(_header(group))}</h{level}>")
+        note = convergence_note(group)
+        if note:
+            parts.append(f'<p class="note">{html.escape(note)}</p>')
         for title, table in _sections(group):
             grid = _grid(group, table, "\x00{}\x01")
             rows = []
@@ -465,6 +657,18 @@ def html_document(title: str, body: str) -> str:
     )
 
 
+def _forward_columns(group: Group, table: Table, key: tuple[str, int]) -> dict[str, int]:
+    """The csv's convergence counts, where the table has a ``forward_converged`` column."""
+    if FORWARD not in group.rows:
+        return {}
+    rows = group.rows[(group.rows.method == key[0]) & (group.rows.truncation == key[1])]
+    return {
+        "forward_checked": int(flags(rows, FORWARD).notna().sum()),
+        "forward_not_converged": int(_false(rows, FORWARD).sum()),
+        "forward_not_converged_in_figure": table.unconverged.get(key, 0),
+    }
+
+
 def render_csv(board: Sequence[Group]) -> str:
     """One row per group, metric, method and K: the figures unformatted."""
     records = []
@@ -488,6 +692,7 @@ def render_csv(board: Sequence[Group]) -> str:
                         "not_ok": sum(n for s, n in counts.items() if s != OK),
                         "best": (method, k) in table.best,
                         "unit": table.unit,
+                        **_forward_columns(group, table, (method, k)),
                     }
                 )
     buffer = io.StringIO()

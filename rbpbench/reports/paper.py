@@ -8,7 +8,6 @@ differ; the measured figure says over how many cells it is.
 
 from __future__ import annotations
 
-import json
 import math
 import sys
 from dataclasses import dataclass
@@ -92,7 +91,7 @@ def figures() -> list[PaperFigure]:
 
 
 def _agrees(params: str, wanted: dict[str, Any]) -> bool:
-    have = json.loads(params) if isinstance(params, str) else {}
+    have = leaderboard.json_object(params, "task_params")
     return all(have.get(key) == value for key, value in wanted.items())
 
 
@@ -147,9 +146,10 @@ def _extra_rows(fig: PaperFigure, rows: pd.DataFrame) -> list[Row]:
     """A figure measured by every cell alike (a baseline fitted beside each run): one per seed."""
     per_seed: dict[int, float] = {}
     for record in rows.itertuples():
-        extra = json.loads(record.extra_metrics) if isinstance(record.extra_metrics, str) else {}
-        if fig.extra in extra and extra[fig.extra] is not None:
-            per_seed.setdefault(int(record.seed), float(extra[fig.extra]))
+        extra = leaderboard.json_object(getattr(record, "extra_metrics", None))
+        value = extra.get(fig.extra) if fig.extra is not None else None
+        if isinstance(value, int | float) and not isinstance(value, bool):
+            per_seed.setdefault(int(record.seed), float(value))
     if not per_seed:
         return []
     metric = leaderboard.BY_KEY[fig.metric]

@@ -7,10 +7,16 @@ truncation, the trade-off of gradient error against time and memory, every
 curve the cells recorded (see :mod:`rbpbench.curves`) and the task's own
 figures (hopfield: the retrievals); for a folder run with a paper preset, the
 paper's published figures beside the measured ones.
+
+Every text that comes from the results table or ``environment.json`` is
+escaped. ``RESULTS_DIR/report/.rbpbench-report.json`` lists the figures the
+report wrote; the next report deletes those of them it does not write again,
+and nothing else in ``report/``.
 """
 
 from __future__ import annotations
 
+import errno
 import html
 import json
 import re
@@ -25,20 +31,34 @@ from rbpbench import curves as curve_convention
 from rbpbench import leaderboard
 from rbpbench.leaderboard import Group
 from rbpbench.reports import figures, paper
-from rbpbench.results import OK, atomic_write
+from rbpbench.results import DIVERGED, OK, atomic_write
 
 FIGURES_DIR = "report"
 PAGE = "report.html"
+MANIFEST = ".rbpbench-report.json"
 
 
 def _slug(text: str) -> str:
     return re.sub(r"[^a-z0-9]+", "-", text.lower()).strip("-")
 
 
+def anchors(board: list[Group]) -> list[str]:
+    """Per group, a distinct slug of its label for its anchor and its figures' file names."""
+    out: list[str] = []
+    for group in board:
+        base = _slug(group.label) or "task"
+        slug, n = base, 1
+        while slug in out:
+            n += 1
+            slug = f"{base}-{n}"
+        out.append(slug)
+    return out
+
+
 def _hopfield_retrievals(folder: Path, group: Group, path: Path) -> bool:
     from rbpbench.reports.hopfield import retrieval_figure
 
-    rows = group.rows[group.rows.status.isin([OK, "diverged"])]
+    rows = group.rows[group.rows.status.isin([OK, DIVERGED])]
     if rows.empty or not (folder / "curves").exists():
         return False
     ks = sorted(int(k) for k in rows.truncation.unique())
@@ -64,6 +84,10 @@ TASK_FIGURES: dict[str, list[tuple[str, str, Callable[[Path, Group, Path], bool]
 }
 
 
+def _plain_name(name: str) -> bool:
+    return name == Path(name).name and name not in ("", ".", "..", MANIFEST)
+
+
 class Page:
     """The HTML body being written and the figures it shows."""
 
@@ -73,8 +97,33 @@ class Page:
         self.parts: list[str] = []
         self.written: list[Path] = []
 
+    @property
+    def manifest(self) -> Path:
+        return self.figures / MANIFEST
+
     def add(self, fragment: str) -> None:
         self.parts.append(fragment)
+
+    def earlier(self) -> set[str]:
+        """The figures an earlier report listed as its own: plain file names only."""
+        try:
+            names = json.loads(self.manifest.read_text()).get("figures", [])
+        except (OSError, ValueError, AttributeError):
+            return set()
+        if not isinstance(names, list):
+            return set()
+        return {n for n in names if isinstance(n, str) and _plain_name(n)}
+
+    def finish(self) -> None:
+        """List the figures written; delete those an earlier report wrote and this one did not."""
+        earlier = self.earlier()
+        names = sorted(p.name for p in self.written)
+        text = json.dumps({"written_by": "rbpbench report", "figures": names}, indent=1) + "\n"
+        atomic_write(self.manifest, lambda p: p.write_text(text))
+        for name in earlier - set(names):
+            stale = self.figures / name
+            if stale.is_file():
+                stale.unlink()
 
     def figure(self, name: str, caption: str, draw: Callable[[Path], bool]) -> None:
         path = self.figures / f"{name}.png"
@@ -87,31 +136,47 @@ class Page:
             )
 
 
+ENVIRONMENT_KEYS = (
+    "time",
+    "hostname",
+    "cpu_model",
+    "cpu_count",
+    "torch_version",
+    "torch_num_threads",
+    "cuda_devices",
+    "git_commit",
+    "git_dirty",
+)
+
+
+def _runs(path: Path) -> dict[str, dict[str, object]]:
+    """environment.json's runs by run id; ValueError when it is not such a file."""
+    runs = json.loads(path.read_text()).get("runs", {})
+    if not isinstance(runs, dict):
+        raise ValueError("its runs are not an object")
+    return {str(k): v for k, v in runs.items() if isinstance(v, dict)}
+
+
 def _environment(folder: Path, frame: pd.DataFrame) -> str:
     path = folder / "environment.json"
     if not path.exists():
         return "<p>No environment.json in this folder.</p>"
-    runs = json.loads(path.read_text()).get("runs", {})
-    used = [runs[r] for r in dict.fromkeys(str(r) for r in frame.run_id) if r in runs]
-    keys = (
-        "time",
-        "hostname",
-        "cpu_model",
-        "cpu_count",
-        "torch_version",
-        "torch_num_threads",
-        "cuda_devices",
-        "git_commit",
-        "git_dirty",
-    )
-    head = "".join(f"<th>{k}</th>" for k in ("run_id", *keys))
+    try:
+        runs = _runs(path)
+    except (OSError, ValueError, AttributeError) as exc:
+        return f"<p>environment.json cannot be read: {html.escape(str(exc))}</p>"
+    used = [(r, runs[r]) for r in dict.fromkeys(str(r) for r in frame.run_id) if r in runs]
+    head = "".join(f"<th>{k}</th>" for k in ("run_id", *ENVIRONMENT_KEYS))
     body = "".join(
-        "<tr>"
-        + "".join(f"<td>{html.escape(str(run.get(k, '')))}</td>" for k in ("run_id", *keys))
+        f"<tr><td>{html.escape(run_id)}</td>"
+        + "".join(f"<td>{html.escape(str(run.get(k, '')))}</td>" for k in ENVIRONMENT_KEYS)
         + "</tr>"
-        for run in used
+        for run_id, run in used
     )
-    return f'<table class="board"><caption>environment.json: the runs of these cells</caption><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>'
+    return (
+        '<table class="board"><caption>environment.json: the runs of these cells</caption>'
+        f"<thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
+    )
 
 
 def _comparisons(frame: pd.DataFrame) -> str:
@@ -133,6 +198,15 @@ def _comparisons(frame: pd.DataFrame) -> str:
     return "\n".join(parts)
 
 
+def _first_line(value: object) -> str:
+    lines = value.splitlines() if isinstance(value, str) else []
+    return lines[0] if lines else ""
+
+
+def _text(value: object) -> str:
+    return "" if value is None or value is pd.NA else str(value)
+
+
 def _failures(frame: pd.DataFrame) -> str:
     bad = frame[frame.status != OK]
     if bad.empty:
@@ -143,7 +217,7 @@ def _failures(frame: pd.DataFrame) -> str:
     body = "".join(
         "<tr>"
         + "".join(
-            f"<td>{html.escape(str(v))}</td>"
+            f"<td>{html.escape(_text(v))}</td>"
             for v in (
                 row.task,
                 row.method,
@@ -151,7 +225,7 @@ def _failures(frame: pd.DataFrame) -> str:
                 row.seed,
                 row.device,
                 row.status,
-                str(row.error or "").splitlines()[0] if row.error else "",
+                _first_line(row.error),
             )
         )
         + "</tr>"
@@ -160,10 +234,43 @@ def _failures(frame: pd.DataFrame) -> str:
     return f'<table class="board"><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>'
 
 
-def _group_section(page: Page, group: Group) -> None:
-    slug = _slug(group.label)
+def _convergence(board: list[Group]) -> str:
+    """Per group, what its header says about forward convergence and its adjoints' share."""
+    items = []
+    for group in board:
+        notes = [note for note in (_forward(group), _adjoints(group)) if note]
+        if notes:
+            items.append(f"<li>{html.escape(group.label + ': ' + '; '.join(notes))}</li>")
+    if not items:
+        return ""
+    return (
+        "<p>Convergence (forward: the relative residual ||h_T - h_{T-1}|| / ||h_T|| at or "
+        "below the task's tolerance; adjoint: the backward residual relative to ||g|| at or "
+        "below its tolerance, for methods that solve an adjoint system):</p>"
+        f"<ul>{''.join(items)}</ul>"
+    )
+
+
+def _forward(group: Group) -> str | None:
+    note = leaderboard.convergence_note(group)
+    checked = int(leaderboard.flags(group.rows, leaderboard.FORWARD).notna().sum())
+    if note is None and checked:
+        return f"forward converged in all {checked} cells checked"
+    return note
+
+
+def _adjoints(group: Group) -> str | None:
+    flags = leaderboard.flags(group.rows, leaderboard.ADJOINT).dropna()
+    if flags.empty:
+        return None
+    return (
+        f"adjoint converged in {int(flags.astype(bool).sum())} of {len(flags)} cells that solve one"
+    )
+
+
+def _group_section(page: Page, group: Group, slug: str) -> None:
     page.add(f'<h2 id="{slug}">{html.escape(group.label)}</h2>')
-    page.add(leaderboard.render_html_fragment([group], level=3, legend=False))
+    page.add(leaderboard.render_html_fragment([group], level=3, with_legend=False))
     page.figure(
         f"{slug}-gradient-error",
         "Gradient error against truncation K: mean over seeds, bars their range (the "
@@ -189,32 +296,49 @@ def _group_section(page: Page, group: Group) -> None:
         page.figure(f"{slug}-{name}", caption, partial(draw, page.folder, group))
 
 
-def write(folder: Path) -> Path:
-    """Write the report of a results folder; returns the page's path."""
-    frame = pd.read_parquet(folder / "results.parquet")
+def _figures_folder(path: Path) -> None:
+    if path.exists() and not path.is_dir():
+        raise NotADirectoryError(
+            errno.ENOTDIR, "not a folder; the report writes its figures there", str(path)
+        )
+    path.mkdir(parents=True, exist_ok=True)
+
+
+def write(folder: Path, frame: pd.DataFrame | None = None) -> Path:
+    """Write the report of a results folder (of ``frame``, its table, when given); returns the
+    page's path. OSError where the folder cannot be written; TableError for a table the
+    leaderboard cannot read (:func:`rbpbench.leaderboard.prepared`)."""
+    frame = leaderboard.prepared(
+        pd.read_parquet(folder / "results.parquet") if frame is None else frame
+    )
     page = Page(folder)
-    page.figures.mkdir(parents=True, exist_ok=True)
+    _figures_folder(page.figures)
     statuses = Counter(str(s) for s in frame.status)
     summary = ", ".join(f"{n} {s}" for s, n in sorted(statuses.items()))
     board = leaderboard.build(frame)
+    slugs = anchors(board)
     page.add(f"<h1>rbpbench report: {html.escape(folder.resolve().name)}</h1>")
     page.add(
-        f"<p>{len(frame)} cells ({summary}) of {frame.task.nunique()} task(s): "
-        + ", ".join(f'<a href="#{_slug(g.label)}">{html.escape(g.label)}</a>' for g in board)
+        f"<p>{len(frame)} cells ({html.escape(summary)}) of {frame.task.nunique()} task(s): "
+        + ", ".join(
+            f'<a href="#{slug}">{html.escape(g.label)}</a>'
+            for g, slug in zip(board, slugs, strict=True)
+        )
         + ".</p>"
     )
+    convergence = _convergence(board)
+    if convergence:
+        page.add(convergence)
     comparisons = _comparisons(frame)
     if comparisons:
         page.add("<h2>Comparison with the paper</h2>" + comparisons)
-    page.add(leaderboard.legend_html())
-    for group in board:
-        _group_section(page, group)
+    page.add(leaderboard.legend_html(board))
+    for group, slug in zip(board, slugs, strict=True):
+        _group_section(page, group, slug)
     page.add("<h2>Cells not ok</h2>" + _failures(frame))
     page.add("<h2>Environment</h2>" + _environment(folder, frame))
     path = folder / PAGE
     document = leaderboard.html_document(f"rbpbench report: {folder.name}", "\n".join(page.parts))
     atomic_write(path, lambda p: p.write_text(document))
-    # figures of an earlier report that this one does not show
-    for stale in set(page.figures.glob("*.png")) - set(page.written):
-        stale.unlink()
+    page.finish()
     return path

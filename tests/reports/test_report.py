@@ -10,7 +10,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from rbpbench import curves
+from rbpbench import curves, leaderboard
 from rbpbench.reports import paper, report
 from rbpbench.results import ResultsFolder
 from tests.helpers import run_cli
@@ -78,10 +78,38 @@ def test_a_report_draws_every_curve_of_a_new_task(tmp_path: Path) -> None:
     text = page.read_text()
     assert "crashed" in text and "worker died" in text and "last frame" not in text
     assert "http://" not in text and "https://" not in text and "<script" not in text
-    # a second report replaces the first's figures
-    (tmp_path / "report" / "stale.png").write_bytes(b"x")
+
+
+def test_a_report_deletes_only_the_figures_an_earlier_report_wrote(tmp_path: Path) -> None:
+    rows = [row("toy", m, 10, s, grad_rel_error=0.1, wall_time_s=0.1) for m in ("bptt", "rbp")
+            for s in range(2)]  # fmt: skip
+    rows[0][curves_key()] = {"meta_loss": [1.0, 0.5, 0.25]}
+    store(tmp_path, rows)
     report.write(tmp_path)
-    assert not (tmp_path / "report" / "stale.png").exists()
+    figures = tmp_path / "report"
+    listed = json.loads((figures / report.MANIFEST).read_text())["figures"]
+    assert "toy-curve-meta-loss.png" in listed and "toy-tradeoff.png" in listed
+    (figures / "mine.png").write_bytes(b"a user's own figure")
+    (figures / "notes.txt").write_text("and notes")
+    for curve in (tmp_path / "curves").iterdir():
+        curve.unlink()
+    report.write(tmp_path)
+    assert not (figures / "toy-curve-meta-loss.png").exists()
+    assert (figures / "toy-tradeoff.png").exists()
+    assert (figures / "mine.png").read_bytes() == b"a user's own figure"
+    assert (figures / "notes.txt").exists()
+    listed = json.loads((figures / report.MANIFEST).read_text())["figures"]
+    assert "toy-curve-meta-loss.png" not in listed and "mine.png" not in listed
+    # a manifest that is not one, or names a path outside report/, deletes nothing
+    (figures / report.MANIFEST).write_text(json.dumps({"figures": ["../results.parquet"]}))
+    report.write(tmp_path)
+    (figures / "m").write_text("a file named like a letter of the manifest's list")
+    (figures / report.MANIFEST).write_text(json.dumps({"figures": "mine.png"}))
+    report.write(tmp_path)
+    (figures / report.MANIFEST).write_text("not json")
+    report.write(tmp_path)
+    assert (tmp_path / "results.parquet").exists() and (figures / "mine.png").exists()
+    assert (figures / "m").exists()
 
 
 def curves_key() -> str:
@@ -192,3 +220,31 @@ def test_the_report_loads_in_headless_chromium_without_errors(small_run: Path) -
         loaded = browser.load((small_run / "report.html").as_uri())
     assert loaded.errors == []
     assert len(loaded.images) >= 7 and loaded.broken_images == []
+
+
+def test_the_report_summarises_convergence_and_marks_the_figures(tmp_path: Path) -> None:
+    from tests.test_leaderboard import checked, unconverged_table, with_convergence
+
+    extra = [
+        checked("other", m, 10, s, True, grad_rel_error=0.1, wall_time_s=0.1)
+        for m in ("bptt", "cg-rbp") for s in range(2)
+    ]  # fmt: skip
+    extra += [
+        row("hyperopt", m, 10, 0, wall_time_s=0.1, forward_converged=None, forward_tolerance=None)
+        for m in ("bptt", "neumann-rbp")
+    ]
+    records = unconverged_table().astype(object).where(unconverged_table().notna(), None)
+    data = with_convergence([*records.to_dict("records"), *extra])
+    data.to_parquet(tmp_path / "results.parquet", index=False)
+    text = report.write(tmp_path).read_text()
+    summary = text.split("<ul>")[1].split("</ul>")[0]
+    assert (
+        "<li>toy: 3 of 11 cells: forward did not converge (relative residual above tolerance "
+        "3.4e-04); adjoint converged in 2 of 5 cells that solve one</li>"
+    ) in summary
+    assert (
+        "<li>other: forward converged in all 4 cells checked; adjoint converged in 2 of 2"
+        in summary
+    )
+    assert f"<li>hyperopt: {leaderboard.NOT_CHECKED}</li>" in summary
+    assert "†2" in text and leaderboard.UNCONVERGED_LEGEND in text
