@@ -42,6 +42,7 @@ REQUIRED = ("cell_id", "task", "method", "truncation", "seed", "status")
 TEXT_COLUMNS = ("run_id", "task_params", "method_params", "device", "dtype", "error")
 TRAINING_MARKERS = ("train_loss_final", "success")  # a training task fills one of them
 FORWARD, FORWARD_TOLERANCE = "forward_converged", "forward_tolerance"
+FORWARD_RESIDUAL = "forward_relative_residual"
 ADJOINT = "adjoint_converged"
 UNCONVERGED_MARK = "†"
 LEGEND = (
@@ -547,14 +548,19 @@ def convergence_note(group: Group) -> str | None:
             f"(relative residual above {_tolerances(unconverged)})"
         )
     ok = rows.status == OK
-    tolerance = (
-        rows[FORWARD_TOLERANCE].astype("float64").notna()
-        if FORWARD_TOLERANCE in rows
-        else pd.Series(False, index=rows.index)
-    )
-    if ok.any() and not (checked[ok].any() or tolerance[ok].any()):
+    tolerance = _present(rows, FORWARD_TOLERANCE)
+    # A declared task's rows still carry the measured residual; rows written before the
+    # convergence columns existed carry nothing, and are not said to be declared.
+    measured = _present(rows, FORWARD_RESIDUAL)
+    if ok.any() and measured[ok].any() and not (checked[ok].any() or tolerance[ok].any()):
         return NOT_CHECKED
     return None
+
+
+def _present(rows: pd.DataFrame, column: str) -> pd.Series:
+    if column not in rows:
+        return pd.Series(False, index=rows.index)
+    return rows[column].astype("float64").notna()
 
 
 def legend(board: Sequence[Group], marks: str) -> str:

@@ -364,13 +364,20 @@ def test_the_share_of_converged_adjoints_is_a_metric_of_the_methods_that_solve_o
 def test_a_task_that_does_not_check_its_forward_says_so() -> None:
     rows = [
         row("hyperopt", m, 10, s, wall_time_s=1.0, forward_converged=None,
-            forward_tolerance=None, adjoint_converged=None)
+            forward_tolerance=None, adjoint_converged=None, forward_relative_residual=0.02)
         for m in ("bptt", "neumann-rbp") for s in range(2)
     ]  # fmt: skip
     (group,) = leaderboard.build(with_convergence(rows))
     assert leaderboard.convergence_note(group) == leaderboard.NOT_CHECKED
     assert leaderboard.NOT_CHECKED in leaderboard.render(with_convergence(rows))
     assert "forward did not converge" not in leaderboard.render(with_convergence(rows))
+
+
+def test_rows_written_before_the_convergence_columns_are_not_said_to_be_declared() -> None:
+    rows = [row("old", m, 10, s, wall_time_s=1.0) for m in ("bptt", "rbp") for s in range(2)]
+    (group,) = leaderboard.build(frame(rows))  # the columns exist (to_frame), all null
+    assert leaderboard.convergence_note(group) is None
+    assert "converge" not in leaderboard.render(frame(rows))
 
 
 def test_the_csv_has_the_convergence_counts() -> None:

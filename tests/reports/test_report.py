@@ -230,7 +230,16 @@ def test_the_report_summarises_convergence_and_marks_the_figures(tmp_path: Path)
         for m in ("bptt", "cg-rbp") for s in range(2)
     ]  # fmt: skip
     extra += [
-        row("hyperopt", m, 10, 0, wall_time_s=0.1, forward_converged=None, forward_tolerance=None)
+        row(
+            "hyperopt",
+            m,
+            10,
+            0,
+            wall_time_s=0.1,
+            forward_converged=None,
+            forward_tolerance=None,
+            forward_relative_residual=0.02,
+        )
         for m in ("bptt", "neumann-rbp")
     ]
     records = unconverged_table().astype(object).where(unconverged_table().notna(), None)
