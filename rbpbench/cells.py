@@ -5,13 +5,14 @@ from __future__ import annotations
 import hashlib
 import itertools
 import json
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 import torch
 
 import rbpbench
+from rbpbench.config import SweepSettings, check_cell_count, count_cells
 from rbpbench.plugins import Registry
 from rbpbench.results import empty_row
 
@@ -39,37 +40,68 @@ def expand(
     method_params: Mapping[str, Mapping[str, Any]] | None = None,
     task_grid: Mapping[str, Mapping[str, Sequence[Any]]] | None = None,
 ) -> list[Cell]:
-    """Every combination, task- and seed-major so that cells sharing a BPTT reference run together.
+    """Every combination as a list (see :func:`iter_cells`), after counting them.
+
+    A plan over :data:`~rbpbench.config.MAX_CELLS` cells is refused before any
+    cell is made: ``seeds`` may be a :class:`~rbpbench.config.Seeds` of a
+    hundred million seeds, which costs nothing until it is iterated.
+    """
+    check_cell_count(count_cells(tasks, methods, truncations, seeds, devices, task_grid))
+    return list(
+        iter_cells(
+            tasks, methods, truncations, seeds, devices, task_params, method_params, task_grid
+        )
+    )
+
+
+def iter_cells(
+    tasks: Sequence[str],
+    methods: Sequence[str],
+    truncations: Sequence[int],
+    seeds: Sequence[int],
+    devices: Sequence[str],
+    task_params: Mapping[str, Mapping[str, Any]] | None = None,
+    method_params: Mapping[str, Mapping[str, Any]] | None = None,
+    task_grid: Mapping[str, Mapping[str, Sequence[Any]]] | None = None,
+) -> Iterator[Cell]:
+    """Every combination, one at a time, task- and seed-major so that cells sharing a BPTT
+    reference run together.
 
     ``task_grid`` gives, per task, parameters with several values: each
     combination is one more set of cells, with those values over ``task_params``.
     """
     task_params, method_params = task_params or {}, method_params or {}
-    return [
-        Cell(
-            task,
-            method,
-            k,
-            seed,
-            device,
-            params,
-            tuple(sorted(method_params.get(method, {}).items())),
-        )
-        for task in tasks
-        for params in param_variants(task_params.get(task, {}), (task_grid or {}).get(task, {}))
-        for device, seed, method, k in itertools.product(devices, seeds, methods, truncations)
-    ]
+    given = {m: tuple(sorted(method_params.get(m, {}).items())) for m in methods}
+    for task in tasks:
+        for params in param_variants(task_params.get(task, {}), (task_grid or {}).get(task, {})):
+            for device in devices:
+                for seed in seeds:
+                    for method in methods:
+                        for k in truncations:
+                            yield Cell(task, method, k, seed, device, params, given[method])
+
+
+def plan(settings: SweepSettings) -> Iterator[Cell]:
+    """The cells of resolved settings, one at a time (``--dry-run`` prints them as they come)."""
+    return iter_cells(
+        settings.tasks,
+        settings.methods,
+        settings.truncations,
+        settings.seeds,
+        settings.devices,
+        settings.task_params,
+        settings.method_params,
+        settings.task_grid,
+    )
 
 
 def param_variants(
     base: Mapping[str, Any], grid: Mapping[str, Sequence[Any]]
-) -> list[tuple[tuple[str, Any], ...]]:
+) -> Iterator[tuple[tuple[str, Any], ...]]:
     """``base`` updated with each combination of the grid's values, as sorted items."""
     keys = list(grid)
-    return [
-        tuple(sorted({**base, **dict(zip(keys, values, strict=True))}.items()))
-        for values in itertools.product(*(grid[k] for k in keys))
-    ]
+    for values in itertools.product(*(grid[k] for k in keys)):
+        yield tuple(sorted({**base, **dict(zip(keys, values, strict=True))}.items()))
 
 
 def identity_row(cell: Cell, registry: Registry, run_id: str) -> dict[str, Any]:

@@ -13,11 +13,13 @@ from pathlib import Path
 from typing import Any
 
 from rbpbench import config, leaderboard
+from rbpbench.cells import plan
 from rbpbench.config import UsageError
 from rbpbench.data import DATA_DIR_ENV
+from rbpbench.executors import usable_cores
 from rbpbench.plugins import PluginConfig, PluginError, load_registry, plugin_statuses
 from rbpbench.results import StorageError
-from rbpbench.sweep import Sweep, plan_cells
+from rbpbench.sweep import Sweep
 
 # Exit status of a sweep that stopped because a results file could not be written.
 STORAGE_FAILURE = 3
@@ -91,9 +93,9 @@ def plugin_config(args: argparse.Namespace) -> PluginConfig:
 
 def settings_from(args: argparse.Namespace) -> dict[str, Any]:
     layers = []
-    if args.suite:
+    if args.suite is not None:
         layers.append(config.load_suite(args.suite))
-    if args.config:
+    if args.config is not None:
         layers.append(config.load_config(args.config))
     flags = {
         "tasks": args.tasks,
@@ -112,7 +114,39 @@ def settings_from(args: argparse.Namespace) -> dict[str, Any]:
     return config.layer(*layers)
 
 
+def refuse_empty(args: argparse.Namespace) -> None:
+    """A flag given an empty value is a mistake (an unset shell variable), never a request for the default."""
+    for option, value in (("--out", args.out), ("--data-dir", args.data_dir)):
+        if value is not None and not value.strip():
+            raise UsageError(f"{option} takes a folder, not {value!r}")
+
+
+def warn_about_jobs(settings: config.SweepSettings) -> None:
+    """One line on stderr when the local pool would start more workers than there are cores."""
+    cores = usable_cores()
+    if settings.executor == "local" and settings.jobs > cores:
+        print(
+            f"rbpbench: warning: --jobs {settings.jobs} is more than the {cores} usable cores; "
+            "the workers will compete for them (and each holds its own memory)",
+            file=sys.stderr,
+        )
+
+
+def dry_run(settings: config.SweepSettings) -> int:
+    """Print the cells as they are made (none is held), then their number."""
+    count = 0
+    for cell in plan(settings):
+        params = dict(cell.task_params) | dict(cell.method_params)
+        print(
+            f"{cell.task} {cell.method} K={cell.truncation} seed={cell.seed} {cell.device} {params or ''}"
+        )
+        count += 1
+    print(f"{count} cells")
+    return 0
+
+
 def command_run(args: argparse.Namespace) -> int:
+    refuse_empty(args)
     if args.data_dir:
         # Workers are spawned with this environment, so they read the same root.
         os.environ[DATA_DIR_ENV] = str(Path(args.data_dir).expanduser().resolve())
@@ -124,16 +158,10 @@ def command_run(args: argparse.Namespace) -> int:
         task_param_flags=config.parse_params(args.task_param, "--task-param"),
         method_param_flags=config.parse_params(args.method_param, "--method-param"),
     )
-    fail_on = config.parse_statuses(args.fail_on) if args.fail_on else []
+    fail_on = config.parse_statuses(args.fail_on) if args.fail_on is not None else []
+    warn_about_jobs(settings)
     if args.dry_run:
-        cells = plan_cells(settings)
-        for cell in cells:
-            params = dict(cell.task_params) | dict(cell.method_params)
-            print(
-                f"{cell.task} {cell.method} K={cell.truncation} seed={cell.seed} {cell.device} {params or ''}"
-            )
-        print(f"{len(cells)} cells")
-        return 0
+        return dry_run(settings)
     out = Path(args.out) if args.out else default_out()
     sweep = Sweep(settings, registry, plugins, out, retry_failed=args.retry_failed)
     progress: Progress | None = None
@@ -306,18 +334,48 @@ def make_parser() -> argparse.ArgumentParser:
     run = commands.add_parser("run", help="run a sweep and print its leaderboard")
     d = config.DEFAULTS
     run.add_argument("--suite", help="a shipped preset (see rbpbench list)")
-    run.add_argument("--config", help="a TOML file of settings; flags override it")
+    run.add_argument(
+        "--config",
+        help="a TOML file of settings (UTF-8); flags override it; its [task_params.NAME], "
+        "[method_params.NAME] and [task_grid.NAME] tables must name installed tasks and methods",
+    )
     run.add_argument("--tasks", help=f"comma-separated (default {d['tasks']})")
     run.add_argument("--methods", help=f"comma-separated (default {d['methods']})")
-    run.add_argument("--truncation", help=f"K values (default {d['truncation']})")
-    run.add_argument("--seeds", help=f"e.g. 0-4 or 0,3 (default {d['seeds']})")
+    run.add_argument(
+        "--truncation",
+        help=f"K values, whole numbers from 1 to 2**63-1 (default {d['truncation']})",
+    )
+    run.add_argument(
+        "--seeds",
+        help=f"e.g. 0-4 or 0,3, from 0 to 2**63-1 (default {d['seeds']}); a sweep may have "
+        f"at most {config.MAX_CELLS:,} cells",
+    )
     run.add_argument("--device", help="cpu, cuda, cuda:N, comma-separated (default cpu)")
-    run.add_argument("--task-param", action="append", default=[], metavar="KEY=VALUE")
-    run.add_argument("--method-param", action="append", default=[], metavar="KEY=VALUE")
-    run.add_argument("--jobs", help="worker processes (default 1)")
+    run.add_argument(
+        "--task-param",
+        action="append",
+        default=[],
+        metavar="[TASK.]KEY=VALUE",
+        help="a task parameter (VALUE read as JSON, else a string, and checked against the "
+        "default's type): for every selected task that has KEY, or only for TASK",
+    )
+    run.add_argument(
+        "--method-param",
+        action="append",
+        default=[],
+        metavar="[METHOD.]KEY=VALUE",
+        help="a method parameter: for every selected method that has KEY, or only for METHOD",
+    )
+    run.add_argument(
+        "--jobs",
+        help="worker processes of the local executor (default 1); never more are started than "
+        "cells are left to run, "
+        f"and more than the usable cores ({usable_cores()} here) only makes them compete",
+    )
     run.add_argument(
         "--timeout",
-        help=f"seconds per cell before its worker is killed (default {d['timeout']}; 0: none)",
+        help=f"seconds per cell before its worker is killed (default {d['timeout']}; "
+        "0 or none: no limit)",
     )
     run.add_argument(
         "--executor",

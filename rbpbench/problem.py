@@ -150,6 +150,12 @@ class TaskSpec:
     parameters is what every cell measures). A task that also trains, as the
     paper's three experiments do, gives ``train``: one cell is then one
     training run with the cell's method as the gradient estimator.
+
+    ``check`` (optional) receives the parameters a sweep gives the task, its
+    defaults merged, before anything runs, and raises ValueError saying which
+    value is out of range (a step count below 1, a rate outside (0, 1)): the
+    sweep then stops with that line instead of running error cells. The types
+    of the values are checked before, against ``defaults``.
     """
 
     name: str
@@ -158,6 +164,7 @@ class TaskSpec:
     defaults: Mapping[str, Any] = field(default_factory=dict)
     dtype: torch.dtype = torch.float32
     train: Trainer | None = None
+    check: Callable[[Mapping[str, Any]], None] | None = None
     # Convergence checks (docs/measurement.md): the relative residuals below which the
     # forward pass and an adjoint solve count as converged; None: the dtype's default
     # (rbpbench.convergence.default_tolerance). ``forward_converges=False`` declares a

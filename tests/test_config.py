@@ -29,8 +29,10 @@ def test_parsers() -> None:
     for bad in ("-1", "1-", "", "x-y"):
         with pytest.raises(UsageError):
             parse_seeds(bad)
-    with pytest.raises(UsageError):
-        parse_devices("cuda:x")
+    for bad in ("cuda:x", "cuda:", "cpu:0", "cuda:-1"):
+        with pytest.raises(UsageError):
+            parse_devices(bad)
+    assert parse_seeds("0-100000000").size == 100_000_001  # a range, not a list
 
 
 def test_every_shipped_suite_resolves(registry) -> None:

@@ -120,3 +120,13 @@ def test_fail_on_unconverged_gives_exit_1(tmp_path) -> None:
     truncated = run_cli(*args, "--out", str(tmp_path / "b"), "--fail-on", "adjoint-unconverged")
     assert truncated.returncode == 1
     assert "1 cells whose adjoint system was not solved" in truncated.stderr
+
+
+def test_a_tolerance_must_be_a_positive_number(registry) -> None:
+    from rbpbench.config import UsageError, resolve
+
+    for bad in ("abc", 0, -1.0, float("nan"), True):
+        with pytest.raises(UsageError, match=r"contractive-rnn\.forward_tolerance must be a posit"):
+            resolve({}, registry, task_param_flags={"forward_tolerance": bad})
+    settings = resolve({}, registry, task_param_flags={"contractive-rnn.adjoint_tolerance": 1e-4})
+    assert settings.task_params["contractive-rnn"] == {"adjoint_tolerance": 1e-4}

@@ -20,7 +20,7 @@ import dataclasses
 import fcntl
 import functools
 import math
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -33,7 +33,7 @@ from torch import Tensor
 from rbpbench.data import DATA_DIR_ENV, DatasetUnavailable, data_root
 from rbpbench.measure import all_finite, relative_error
 from rbpbench.problem import Problem, TrainingOutcome, TrainingRun
-from rbpbench.tasks.settings import settings_from
+from rbpbench.tasks.settings import at_least, settings_from, within
 
 RAW_SUFFIXES = ("x", "tx", "allx", "y", "ty", "ally", "graph", "test.index")
 
@@ -247,9 +247,19 @@ class Settings:
     @classmethod
     def of(cls, params: dict[str, Any], task: str) -> Settings:
         settings = settings_from(cls, params, task)
-        for name in ("hidden", "steps", "epochs", "eval_every", "probes"):
-            if getattr(settings, name) < 1:
-                raise ValueError(f"{task}: {name} must be at least 1")
+        s = settings
+        names = ("hidden", "steps", "epochs", "eval_every", "probes")
+        at_least(task, 1, [(name, getattr(s, name)) for name in names])
+        within(task, "lr", s.lr, 0, open_low=True)
+        within(task, "momentum", s.momentum, 0, 1, open_high=True)
+        within(task, "weight_decay", s.weight_decay, 0)
+        within(task, "train_fraction", s.train_fraction, 0, 1, open_low=True, open_high=True)
+        within(task, "val_fraction", s.val_fraction, 0, 1, open_high=True)
+        if not s.train_fraction + s.val_fraction < 1:
+            raise ValueError(
+                f"{task}: train_fraction + val_fraction must be below 1 to leave test nodes, "
+                f"not {s.train_fraction} + {s.val_fraction}"
+            )
         return settings
 
 
@@ -280,6 +290,10 @@ class CitationTask:
         return GNN(
             graph, initial, split, steps=settings.steps, seed=seed, device=device, dtype=dtype
         )
+
+    def check(self, params: Mapping[str, Any]) -> None:
+        """The task's TaskSpec check: the ranges :meth:`Settings.of` enforces when a cell runs."""
+        Settings.of(dict(params), self.name)
 
     def build(
         self, *, seed: int, device: torch.device, dtype: torch.dtype, **params: Any

@@ -16,6 +16,7 @@ dL/dw_F = (dF/dw_F)^T z with (I - J)^T z = dL/dh*.
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping
 from typing import Any
 
 import torch
@@ -23,6 +24,9 @@ from torch import Tensor
 
 from rbpbench.forward import grads_or_zeros
 from rbpbench.problem import Problem
+from rbpbench.tasks.settings import at_least, within
+
+TASK = "contractive-rnn"
 
 Params = tuple[Tensor, ...]
 
@@ -71,6 +75,17 @@ def exact_gradient(
     return grads_or_zeros((out,), pf, (z,))
 
 
+def check(params: Mapping[str, Any]) -> None:
+    """The task's ranges (its TaskSpec check, and build's): ValueError naming the first value out of range."""
+    within(
+        TASK, "spectral_norm", params.get("spectral_norm", 0.9), 0, 1, open_low=True, open_high=True
+    )
+    at_least(
+        TASK, 1, ((k, params.get(k, 1)) for k in ("hidden", "inputs", "outputs", "batch", "steps"))
+    )
+    within(TASK, "input_scale", params.get("input_scale", 0.5), 0)
+
+
 def build(
     *,
     seed: int,
@@ -87,8 +102,17 @@ def build(
 ) -> Problem:
     if unknown:
         raise TypeError(f"contractive-rnn: unknown parameters {sorted(unknown)}")
-    if not 0 < spectral_norm < 1:
-        raise ValueError(f"contractive-rnn: spectral_norm must lie in (0, 1), not {spectral_norm}")
+    check(
+        {
+            "spectral_norm": spectral_norm,
+            "hidden": hidden,
+            "inputs": inputs,
+            "outputs": outputs,
+            "batch": batch,
+            "steps": steps,
+            "input_scale": input_scale,
+        }
+    )
     gen = torch.Generator().manual_seed(seed)
 
     def draw(*shape: int, scale: float = 1.0) -> Tensor:

@@ -15,6 +15,7 @@ where rbpbench departs from it and why.
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping
 from dataclasses import dataclass
 from importlib import resources
 from typing import Any
@@ -25,9 +26,10 @@ from torch import Tensor
 from rbpbench.data import mnist
 from rbpbench.measure import all_finite, relative_error
 from rbpbench.problem import Problem, TrainingOutcome, TrainingRun
-from rbpbench.tasks.settings import settings_from
+from rbpbench.tasks.settings import at_least, settings_from, within
 
 OBSERVED = OUTPUT = 784
+SOURCES = ("auto", "embedded", "mnist")
 
 
 class SymmetricWeightViews:
@@ -162,7 +164,23 @@ class Settings:
 
     @classmethod
     def of(cls, params: dict[str, Any]) -> Settings:
-        return settings_from(cls, params, "hopfield")
+        """The settings of ``params``; ValueError naming the first value out of range."""
+        settings = settings_from(cls, params, "hopfield")
+        s = settings
+        at_least(
+            "hopfield", 1, [(n, getattr(s, n)) for n in ("epochs", "batch", "steps", "hidden")]
+        )
+        at_least("hopfield", 0, [("probes", s.probes)])
+        within("hopfield", "lr", s.lr, 0, open_low=True)
+        within("hopfield", "a", s.a)
+        within("hopfield", "b", s.b)
+        within("hopfield", "init_scale", s.init_scale, 0)
+        within("hopfield", "corruption", s.corruption, 0, 1)
+        if s.source not in SOURCES:
+            raise ValueError(
+                f"hopfield: source must be one of {', '.join(SOURCES)}, not {s.source!r}"
+            )
+        return settings
 
     def model(self, seed: int, device: torch.device, dtype: torch.dtype) -> Hopfield:
         return Hopfield(
@@ -175,6 +193,11 @@ class Settings:
             steps=self.steps,
             init_scale=self.init_scale,
         )
+
+
+def check(params: Mapping[str, Any]) -> None:
+    """The task's TaskSpec check: the ranges :meth:`Settings.of` enforces when a cell runs."""
+    Settings.of(dict(params))
 
 
 def build(*, seed: int, device: torch.device, dtype: torch.dtype, **params: Any) -> Problem:

@@ -22,7 +22,7 @@ from __future__ import annotations
 import functools
 import itertools
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -35,11 +35,12 @@ from rbpbench.data import data_root, mnist
 from rbpbench.measure import all_finite, relative_error
 from rbpbench.problem import Problem, TrainingOutcome, TrainingRun
 from rbpbench.state import State
-from rbpbench.tasks.settings import settings_from
+from rbpbench.tasks.settings import at_least, settings_from, within
 
 INPUTS, CLASSES = 784, 10
 TENSOR_NAMES = tuple(f"{kind}{layer}" for layer in range(1, 5) for kind in ("W", "b"))
 JACOBIANS = ("last", "full", "average")
+MNIST_TRAIN = 60000  # images in MNIST's training set
 
 
 @functools.lru_cache(maxsize=2)
@@ -51,8 +52,8 @@ def _mnist_subset(root: str, examples: int) -> tuple[Tensor, Tensor]:
 
 def load_subset(examples: int) -> tuple[Tensor, Tensor]:
     """The first ``examples`` MNIST training images, /255, minus their per-pixel mean; labels."""
-    if not 0 < examples <= 60000:
-        raise ValueError(f"hyperopt: examples must be in 1..60000, not {examples}")
+    if not 0 < examples <= MNIST_TRAIN:
+        raise ValueError(f"hyperopt: examples must be in 1..{MNIST_TRAIN}, not {examples}")
     return _mnist_subset(str(data_root()), examples)
 
 
@@ -133,13 +134,24 @@ class Settings:
     @classmethod
     def of(cls, params: dict[str, Any]) -> Settings:
         settings = settings_from(cls, params, "hyperopt")
-        if settings.rbp_jacobian not in JACOBIANS:
+        s = settings
+        if s.rbp_jacobian not in JACOBIANS:
             raise ValueError(
                 f"hyperopt: rbp_jacobian must be one of {', '.join(JACOBIANS)}, "
-                f"not {settings.rbp_jacobian!r}"
+                f"not {s.rbp_jacobian!r}"
             )
-        if settings.steps < 1 or settings.meta_steps < 0 or settings.rbp_batches < 1:
-            raise ValueError("hyperopt: steps and rbp_batches must be >= 1, meta_steps >= 0")
+        counts = ("steps", "examples", "batch", "hidden", "rbp_batches")
+        at_least("hyperopt", 1, [(name, getattr(s, name)) for name in counts])
+        at_least("hyperopt", 0, [("meta_steps", s.meta_steps), ("probes", s.probes)])
+        if s.examples > MNIST_TRAIN:
+            raise ValueError(f"hyperopt: examples must be at most {MNIST_TRAIN}, not {s.examples}")
+        if s.batch > s.examples:
+            raise ValueError(
+                f"hyperopt: batch must be at most examples ({s.examples}), not {s.batch}"
+            )
+        for name in ("init_log_lr", "init_momentum_logit", "init_log_scale"):
+            within("hyperopt", name, getattr(s, name))
+        within("hyperopt", "meta_lr", s.meta_lr, 0, open_low=True)
         return settings
 
 
@@ -216,6 +228,11 @@ class InnerTraining:
             losses.append(float(mlp_loss(state[:8], *self.batch(t))))
             state = self.step(state, t)
         return float(self.meta_loss(state)), losses
+
+
+def check(params: Mapping[str, Any]) -> None:
+    """The task's TaskSpec check: the ranges :meth:`Settings.of` enforces when a cell runs."""
+    Settings.of(dict(params))
 
 
 def build(*, seed: int, device: torch.device, dtype: torch.dtype, **params: Any) -> Problem:

@@ -20,6 +20,7 @@ def rbpbench_tasks() -> list[TaskSpec]:
             "tanh RNN with ||W||_2 = rho < 1; exact implicit gradient by a dense solve",
             defaults={"spectral_norm": 0.9, "hidden": 32, "batch": 4, "steps": 300},
             dtype=torch.float64,
+            check=contractive.check,
         ),
         TaskSpec(
             "hopfield",
@@ -28,6 +29,7 @@ def rbpbench_tasks() -> list[TaskSpec]:
             defaults=dataclasses.asdict(hopfield.Settings()),
             dtype=torch.float32,
             train=hopfield.train,
+            check=hopfield.check,
         ),
         *(
             TaskSpec(
@@ -38,6 +40,7 @@ def rbpbench_tasks() -> list[TaskSpec]:
                 defaults=task.defaults,
                 dtype=torch.float32,
                 train=task.train,
+                check=task.check,
             )
             for task in (citation.CORA, citation.CITESEER, citation.PUBMED)
         ),
@@ -48,6 +51,7 @@ def rbpbench_tasks() -> list[TaskSpec]:
             defaults=dataclasses.asdict(hyperopt.Settings()),
             dtype=torch.float32,
             train=hyperopt.train,
+            check=hyperopt.check,
             # Its recurrent network is SGD itself: the weights keep moving, there is no fixed
             # point to reach, and its rows say "not checked" rather than "did not converge".
             forward_converges=False,
