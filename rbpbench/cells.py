@@ -81,18 +81,23 @@ def iter_cells(
                             yield Cell(task, method, k, seed, device, params, given[method])
 
 
+def cell_axes(settings: SweepSettings) -> dict[str, Any]:
+    """Resolved settings as the keyword arguments of :func:`expand` and :func:`iter_cells`."""
+    return {
+        "tasks": settings.tasks,
+        "methods": settings.methods,
+        "truncations": settings.truncations,
+        "seeds": settings.seeds,
+        "devices": settings.devices,
+        "task_params": settings.task_params,
+        "method_params": settings.method_params,
+        "task_grid": settings.task_grid,
+    }
+
+
 def plan(settings: SweepSettings) -> Iterator[Cell]:
     """The cells of resolved settings, one at a time (``--dry-run`` prints them as they come)."""
-    return iter_cells(
-        settings.tasks,
-        settings.methods,
-        settings.truncations,
-        settings.seeds,
-        settings.devices,
-        settings.task_params,
-        settings.method_params,
-        settings.task_grid,
-    )
+    return iter_cells(**cell_axes(settings))
 
 
 def param_variants(

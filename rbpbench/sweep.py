@@ -14,7 +14,7 @@ from typing import Any
 
 import pandas as pd
 
-from rbpbench.cells import Cell, expand, identity_row
+from rbpbench.cells import Cell, cell_axes, expand, identity_row
 from rbpbench.config import SweepSettings, UsageError
 from rbpbench.environment import capture_environment, plugin_versions
 from rbpbench.executors import Executor, LocalPool
@@ -23,16 +23,8 @@ from rbpbench.results import NODE_ENVIRONMENT_KEY, ResultsFolder, atomic_write
 
 
 def plan_cells(settings: SweepSettings) -> list[Cell]:
-    return expand(
-        settings.tasks,
-        settings.methods,
-        settings.truncations,
-        settings.seeds,
-        settings.devices,
-        settings.task_params,
-        settings.method_params,
-        settings.task_grid,
-    )
+    """The sweep's cells as a list, refused over the cell limit before any is made."""
+    return expand(**cell_axes(settings))
 
 
 # What a sweep writes: a folder holding only these is one to resume.
