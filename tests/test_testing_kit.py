@@ -110,13 +110,13 @@ def other_without_diagnostics(
 @pytest.mark.parametrize(
     ("compute", "message"),
     [
-        (wrong_dtype, "gradient 0 of w_F is (32, 32) torch.float32 cpu; the parameter is "
+        (wrong_dtype, "grads_f[0] is (32, 32) torch.float32 cpu; the parameter is "
                       "(32, 32) torch.float64 cpu (contractive-rnn in float64)"),
-        (wrong_shape, "gradient 0 of w_F is (1024,) torch.float64 cpu; the parameter is (32, 32)"),
+        (wrong_shape, "grads_f[0] is (1024,) torch.float64 cpu; the parameter is (32, 32)"),
         (as_list, "grads_g is a list; it must be a tuple"),
         (tensor_loss, "loss is Tensor tensor(1.); it must be a float"),
         (float_iterations, "backward_iterations is float 3.0; it must be an int >= 0"),
-        (attached, "grads_g holds tensors that require grad"),
+        (attached, "grads_g[0] requires grad (it keeps an autograd graph alive)"),
         (other_without_diagnostics, "grads_f[0] with diagnostics=False differs from diagnostics=True"),
     ],
     ids=lambda v: getattr(v, "__name__", "message"),
