@@ -17,7 +17,13 @@ from rbpbench.cells import plan
 from rbpbench.config import UsageError
 from rbpbench.data import DATA_DIR_ENV
 from rbpbench.executors import usable_cores
-from rbpbench.plugins import PluginConfig, PluginError, load_registry, plugin_statuses
+from rbpbench.plugins import (
+    PluginConfig,
+    PluginError,
+    load_registry,
+    one_line,
+    plugin_statuses,
+)
 from rbpbench.results import StorageError
 from rbpbench.sweep import Sweep
 
@@ -238,7 +244,8 @@ def command_list(args: argparse.Namespace) -> int:
 
 
 def command_plugins(args: argparse.Namespace) -> int:
-    """Every plugin with its distribution, status, hooks and contributions; exit 1 if one is broken."""
+    """Every plugin with its distribution, status, hooks and contributions; exit 1 if one is broken
+    (failed, shadowed, or in a name conflict)."""
     statuses, problems = plugin_statuses(plugin_config(args))
     rows = [("plugin", "distribution", "status", "hooks", "provides / error")]
     for s in statuses:
@@ -247,15 +254,16 @@ def command_plugins(args: argparse.Namespace) -> int:
             for kind, names in (("methods", s.methods), ("tasks", s.tasks))
             if names
         )
-        hooks = ", ".join(s.hooks) or ("(none)" if s.status == "loaded" else "-")
-        rows.append((s.origin.plugin, str(s.origin), s.status, hooks, s.error or provides))
+        hooks = ", ".join(s.hooks) or ("(none)" if s.status in ("loaded", "conflict") else "-")
+        last = one_line(s.error) or provides
+        rows.append((s.origin.plugin, str(s.origin), s.status, hooks, last))
     widths = [max(len(row[i]) for row in rows) for i in range(4)]
     for row in rows:
         cells = [cell.ljust(width) for cell, width in zip(row[:4], widths, strict=True)]
         print("  ".join([*cells, row[4]]).rstrip())
     for problem in problems:
-        print(f"rbpbench: error: {problem}", file=sys.stderr)
-    broken = any(s.status in ("failed", "shadowed") for s in statuses)
+        print(f"rbpbench: error: {one_line(problem)}", file=sys.stderr)
+    broken = any(s.status in ("failed", "shadowed", "conflict") for s in statuses)
     return 1 if problems or broken else 0
 
 

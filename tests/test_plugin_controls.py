@@ -164,8 +164,13 @@ def test_rbpbench_plugins_shows_both_sides_of_a_name_conflict(tmp_path: Path, si
                    source=DUPLICATE)  # fmt: skip
     result = run_cli("plugins", site=site)
     assert result.returncode == 1
-    assert plugin_line(result.stdout, "rbpbench_dup").endswith("methods: neumann-rbp")
-    assert "neumann-rbp" in plugin_line(result.stdout, "paper-methods")
+    dup = plugin_line(result.stdout, "rbpbench_dup")
+    assert dup.split()[3] == "conflict" and dup.endswith("methods: neumann-rbp")
+    paper = plugin_line(result.stdout, "paper-methods")
+    assert paper.split()[3] == "conflict" and "neumann-rbp" in paper
+    # only the two plugins involved are marked; the others keep what they provide
+    tasks = plugin_line(result.stdout, "builtin-tasks")
+    assert tasks.split()[3] == "loaded" and "tasks: contractive-rnn" in tasks
     message = result.stderr.strip()
     assert message.startswith("rbpbench: error: method 'neumann-rbp' is provided by two plugins")
     assert "rbpbench 0.1.0" in message and "rbpbench-dup 0.1.0" in message
@@ -188,14 +193,14 @@ def test_wrong_gradients_give_clear_errors_and_the_sweep_completes(
     dtype_rows = by_method.get_group("wrong-dtype")
     assert set(dtype_rows.status) == {"error"}
     assert all(
-        "gradient 0 of w_F is (32, 32) torch.float32 cpu; the parameter is (32, 32) "
+        "grads_f[0] is (32, 32) torch.float32 cpu; the parameter is (32, 32) "
         "torch.float64 cpu" in error
         for error in dtype_rows.error
     )
     shape_rows = by_method.get_group("wrong-shape")
     assert set(shape_rows.status) == {"error"}
     assert all(
-        "gradient 0 of w_G is (4, 32, 1) torch.float64 cpu; the parameter is (4, 32)" in error
+        "grads_g[0] is (4, 32, 1) torch.float64 cpu; the parameter is (4, 32)" in error
         for error in shape_rows.error
     )
     assert set(frame.method_distribution[frame.method != "neumann-rbp"]) == {
@@ -204,7 +209,7 @@ def test_wrong_gradients_give_clear_errors_and_the_sweep_completes(
     # the conformance kit says the same before any sweep is run
     kit = run_cli_pytest(site, "--rbpbench-method", "wrong-dtype", "-k", "result-contract")
     assert kit.returncode == 1
-    assert "wrong-dtype: gradient 0 of w_F is (32, 32) torch.float32 cpu" in kit.stdout
+    assert "wrong-dtype: grads_f[0] is (32, 32) torch.float32 cpu" in kit.stdout
 
 
 def run_cli_pytest(site: Path, *args: str) -> subprocess.CompletedProcess[str]:

@@ -103,7 +103,9 @@ def test_an_in_process_plugin_object_registers_too() -> None:
         load_registry(extra_plugins=[("extra", Extra()), ("again", Extra())])
 
 
-def test_a_plugin_returning_the_wrong_kind_of_object_is_named() -> None:
+def test_a_plugin_returning_the_wrong_kind_of_object_fails_alone_and_is_named(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
     from rbpbench import hookimpl
 
     class Confused:
@@ -111,5 +113,13 @@ def test_a_plugin_returning_the_wrong_kind_of_object_is_named() -> None:
         def rbpbench_methods(self) -> list[object]:
             return ["not a MethodSpec"]
 
-    with pytest.raises(PluginError, match=r"plugin 'confused' .* expected MethodSpec"):
-        load_registry(extra_plugins=[("confused", Confused())])
+    registry = load_registry(extra_plugins=[("confused", Confused())])
+    assert "neumann-rbp" in registry.methods  # the others load
+    assert registry.load_errors == {
+        "confused": "rbpbench_methods() returned 'not a MethodSpec' in its list; "
+        "expected MethodSpec objects"
+    }
+    assert capsys.readouterr().err == (
+        "warning: rbpbench plugin 'confused' (confused local) failed: rbpbench_methods() "
+        "returned 'not a MethodSpec' in its list; expected MethodSpec objects\n"
+    )

@@ -244,6 +244,26 @@ def test_method_parameters_reach_the_method() -> None:
     assert seen and all(p == {"a": 1, "b": 3, "diagnostics": True} for p in seen)
 
 
+def test_unknown_or_mistyped_method_parameters_are_refused_before_any_check() -> None:
+    calls: list[dict[str, Any]] = []
+
+    def records(problem: Problem, truncation: int, **params: Any) -> GradientResult:
+        calls.append(params)
+        return neumann(problem, truncation)
+
+    typed = spec(records, defaults={"tol": 1e-12})
+    with pytest.raises(ValueError, match=r"params: under-test has no parameter no_such_param; "
+                                         r"valid: tol"):  # fmt: skip
+        check_method(typed, params={"no_such_param": 1})
+    with pytest.raises(ValueError, match=r"under-test.tol must be a number"):
+        check_method(typed, params={"tol": "tiny"})
+    assert calls == []  # the defaults never ran
+    with pytest.raises(ValueError, match="neumann-rbp has no parameter no_such_param"):
+        check_method("neumann-rbp", params={"no_such_param": 1})
+    check_method(typed, params={"under-test.tol": 1e-9}, checks=["deterministic"])
+    assert calls and all(c["tol"] == 1e-9 for c in calls)
+
+
 def test_checks_follow_the_spectral_norms() -> None:
     names = list(checks_for(KitSettings(spectral_norms=(0.3, 0.95))))
     assert "exact-gradient-rho0.3" in names and "exact-gradient-rho0.95" in names
@@ -282,7 +302,7 @@ def test_the_pytest_command_reports_failures_and_usage_errors(tmp_path: Path) ->
     )  # fmt: skip
     assert faulty.returncode == 1
     assert (
-        "wrong-shape: gradient 0 of w_F is (1024,) torch.float64 cpu; the parameter is (32, 32)"
+        "wrong-shape: grads_f[0] is (1024,) torch.float64 cpu; the parameter is (32, 32)"
         in faulty.stdout
     )
     missing = pytest_kit(cwd=tmp_path)
@@ -291,3 +311,12 @@ def test_the_pytest_command_reports_failures_and_usage_errors(tmp_path: Path) ->
     unknown = pytest_kit("--rbpbench-method", "nope", cwd=tmp_path)
     assert unknown.returncode != 0
     assert "no rbpbench method 'nope' is installed" in unknown.stdout
+    refused = pytest_kit(
+        "--rbpbench-method", "neumann-rbp", "--rbpbench-param", "no_such_param=1", cwd=tmp_path
+    )  # fmt: skip
+    assert refused.returncode != 0
+    assert (
+        "--rbpbench-param: neumann-rbp has no parameter no_such_param; valid: (none)"
+        in refused.stdout
+    )
+    assert "passed" not in refused.stdout  # the defaults were not run instead

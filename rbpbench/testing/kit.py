@@ -18,11 +18,12 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from rbpbench import config
 from rbpbench import state as S
 from rbpbench.forward import LossTerms, run_without_graph
 from rbpbench.measure import peak_memory, relative_error
-from rbpbench.plugins import PluginConfig, Registry, load_registry
-from rbpbench.problem import GradientResult, MethodSpec, Problem
+from rbpbench.plugins import Origin, PluginConfig, Registry, load_registry
+from rbpbench.problem import GradientResult, MethodSpec, Problem, TaskSpec
 from rbpbench.tasks import contractive
 
 
@@ -75,10 +76,19 @@ class CheckOutcome:
 
 @dataclass
 class ConformanceReport:
-    """Every check's outcome for one method."""
+    """Every check's outcome for one method, or for one task (``kind`` ``"task"``).
+
+    ``method`` is the name of what was checked, a task's too.
+    """
 
     method: str
     outcomes: list[CheckOutcome] = field(default_factory=list)
+    kind: str = "method"
+
+    @property
+    def subject(self) -> str:
+        """What was checked, as the report names it: ``'name'``, or ``task 'name'``."""
+        return f"{self.method!r}" if self.kind == "method" else f"{self.kind} {self.method!r}"
 
     @property
     def ok(self) -> bool:
@@ -93,7 +103,7 @@ class ConformanceReport:
         return sum(o.seconds for o in self.outcomes)
 
     def __str__(self) -> str:
-        lines = [f"conformance of {self.method!r}: {'passed' if self.ok else 'FAILED'}"]
+        lines = [f"conformance of {self.subject}: {'passed' if self.ok else 'FAILED'}"]
         for o in self.outcomes:
             lines.append(f"  {o.status:<7} {o.check:<26} {o.seconds:6.2f}s  {o.detail}")
         return "\n".join(lines)
@@ -101,7 +111,7 @@ class ConformanceReport:
     def raise_for_failures(self) -> None:
         if not self.ok:
             raise ConformanceError(
-                f"{self.method!r} fails {len(self.failures)} conformance check(s):\n"
+                f"{self.subject} fails {len(self.failures)} conformance check(s):\n"
                 + "\n".join(f"- {o.check}: {o.detail}" for o in self.failures)
             )
 
@@ -287,7 +297,12 @@ def _record(tensors: Sequence[Tensor]) -> list[_TensorRecord]:
     ]
 
 
-def _compare(label: str, before: list[_TensorRecord], after: Sequence[Tensor]) -> None:
+def _compare(
+    label: str, before: list[_TensorRecord], after: Sequence[Tensor], by: str = "the method"
+) -> None:
+    """Each tensor of ``after`` as ``before`` recorded it; ``by``: who would have changed it."""
+    if len(after) != len(before):
+        raise ConformanceError(f"{label} held {len(before)} tensors and now holds {len(after)}")
     for i, (was, now) in enumerate(zip(before, after, strict=True)):
         name = f"{label}[{i}]"
         if now.requires_grad != was.requires_grad:
@@ -296,17 +311,17 @@ def _compare(label: str, before: list[_TensorRecord], after: Sequence[Tensor]) -
             )
         if was.grad is None and now.grad is not None:
             raise ConformanceError(
-                f"{name}.grad was None and is now set: the method accumulated into .grad "
+                f"{name}.grad was None and is now set: {by} accumulated into .grad "
                 "(use torch.autograd.grad, not .backward())"
             )
         if was.grad is not None and (now.grad is None or not torch.equal(was.grad, now.grad)):
-            raise ConformanceError(f"{name}.grad was changed by the method")
+            raise ConformanceError(f"{name}.grad was changed by {by}")
         if (
             now.shape != was.value.shape
             or now.dtype != was.value.dtype
             or not torch.equal(now.detach(), was.value)
         ):
-            raise ConformanceError(f"{name} was modified by the method")
+            raise ConformanceError(f"{name} was modified by {by}")
 
 
 def check_leaves_problem_unchanged(spec: MethodSpec, settings: KitSettings) -> str:
@@ -393,6 +408,31 @@ def run_check(name: str, spec: MethodSpec, settings: KitSettings) -> CheckOutcom
     return CheckOutcome(name, status, detail, time.perf_counter() - start)
 
 
+def checked_params(
+    kind: str, spec: MethodSpec | TaskSpec, params: Mapping[str, Any], where: str
+) -> dict[str, Any]:
+    """``params`` for one method or task, checked as ``rbpbench run`` checks its flags.
+
+    Names against the parameters it takes, ``NAME.KEY`` scoping, each value
+    against its default's type, and for a task its own ``check``: the very
+    functions of :mod:`rbpbench.config`. Raises ValueError with the CLI's
+    message (naming the parameter) instead of running the defaults.
+    """
+    origin = Origin(spec.name, "conformance kit", "-")
+    if isinstance(spec, MethodSpec):
+        registry = Registry(methods={spec.name: (spec, origin)})
+    else:
+        registry = Registry(tasks={spec.name: (spec, origin)})
+    plugins = config.plugins_of(registry, kind)
+    try:
+        scoped = config.scope_flags(params, [spec.name], plugins, where, kind)[spec.name]
+        if kind == "task":
+            config.run_task_checks(plugins, {spec.name: scoped}, {})
+    except config.UsageError as exc:
+        raise ValueError(str(exc)) from None
+    return scoped
+
+
 def resolve_method(
     method: str | MethodSpec, *, registry: Registry | None = None, plugins: Sequence[str] = ()
 ) -> MethodSpec:
@@ -427,14 +467,16 @@ def check_method(
     ``truncation`` and ``tolerance`` set the accuracy checks, ``params`` the
     method's parameters (over its defaults), ``checks`` a subset of the checks
     by name. Every selected check runs; then, with ``raise_on_failure``, a
-    :class:`ConformanceError` lists every failure.
+    :class:`ConformanceError` lists every failure. A parameter the method
+    does not take, or a value of the wrong type, raises ValueError naming it
+    before any check runs, as ``rbpbench run --method-param`` refuses it.
     """
     spec = resolve_method(method, registry=registry, plugins=plugins)
     settings = KitSettings(
         truncation=truncation,
         tolerance=tolerance,
         spectral_norms=tuple(spectral_norms),
-        params=dict(params or {}),
+        params=checked_params("method", spec, params or {}, "params"),
         device=device,
     )
     names = list(checks_for(settings)) if checks is None else list(checks)

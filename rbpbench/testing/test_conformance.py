@@ -9,17 +9,18 @@ from __future__ import annotations
 import pytest
 
 from rbpbench.plugins import Registry
-from rbpbench.testing.kit import KitSettings, resolve_method, run_check
+from rbpbench.testing.kit import resolve_method, run_check
+from rbpbench.testing.pytest_plugin import method_settings
 
 
 def test_conformance(
     rbpbench_method: str,
     rbpbench_check: str,
     rbpbench_registry: Registry,
-    rbpbench_kit_settings: KitSettings,
+    pytestconfig: pytest.Config,
 ) -> None:
     spec = resolve_method(rbpbench_method, registry=rbpbench_registry)
-    outcome = run_check(rbpbench_check, spec, rbpbench_kit_settings)
+    outcome = run_check(rbpbench_check, spec, method_settings(pytestconfig, rbpbench_method))
     if outcome.status == "skipped":
         pytest.skip(outcome.detail)
     if outcome.status == "failed":
