@@ -1,13 +1,16 @@
 """Solvers for the adjoint system ``(I - J^T) z = g`` of recurrent back-propagation.
 
-Every solver has the same signature, ``solve(op, g, *, max_iter, tol, init)``,
-and returns an :class:`AdjointSolution`, so swapping solvers is swapping one
-name. ``op`` gives the two Jacobian products at the fixed point, ``op.vjp(v)``
-= J^T v and ``op.jvp(v)`` = J v, both taken by autograd.
+Every solver has the same signature, ``solve(op, g, *, max_iter, tol, init)``
+(an :data:`AdjointSolver`), and returns an :class:`AdjointSolution`, so
+swapping solvers is swapping one name. ``op`` is a :class:`JacobianOperator`:
+the two Jacobian products at the fixed point, ``op.vjp(v)`` = J^T v and
+``op.jvp(v)`` = J v, both taken by autograd
+(:class:`rbpbench.linearisation.LinearisedStep` is the one the methods pass).
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Protocol
 
@@ -19,6 +22,8 @@ from rbpbench.state import State
 
 
 class JacobianOperator(Protocol):
+    """J at the point of linearisation, as two products: ``vjp(v)`` = J^T v, ``jvp(v)`` = J v."""
+
     def vjp(self, v: State) -> State: ...
 
     def jvp(self, v: State) -> State: ...
@@ -36,6 +41,13 @@ class AdjointSolution:
     z: State
     iterations: int
     trace: list[float] = field(default_factory=list)
+
+
+# ``solve(op, g, *, max_iter, **params) -> AdjointSolution``: ``op`` a JacobianOperator,
+# ``g`` the right-hand side dL/dh_T, ``max_iter`` the truncation K, ``params`` the
+# solver's own keywords (``tol``, ``init``, ...). A solver that does what one unit of
+# K buys in its own way says so in its docstring.
+AdjointSolver = Callable[..., AdjointSolution]
 
 
 def fixed_point(

@@ -3,16 +3,15 @@
 from __future__ import annotations
 
 import argparse
-import os
 import signal
 import sys
 import time
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-from rbpbench import config, leaderboard
+from rbpbench import api, config, leaderboard
 from rbpbench.cells import plan
 from rbpbench.config import UsageError
 from rbpbench.data import DATA_DIR_ENV
@@ -53,57 +52,13 @@ def default_out() -> Path:
     return Path("results") / time.strftime("run-%Y%m%d-%H%M%S")
 
 
-class Progress:
-    """A bar on a terminal; otherwise a plain line per cell with the time left."""
-
-    def __init__(self, total: int) -> None:
-        self.total, self.done = total, 0
-        self.counts: dict[str, int] = {}
-        self.start = time.monotonic()
-        self.bar = None
-        if sys.stderr.isatty() and total:
-            from tqdm import tqdm
-
-            self.bar = tqdm(total=total, unit="cell", file=sys.stderr, dynamic_ncols=True)
-
-    def __call__(self, row: Mapping[str, Any]) -> None:
-        self.done += 1
-        self.counts[row["status"]] = self.counts.get(row["status"], 0) + 1
-        summary = " ".join(f"{k}={v}" for k, v in sorted(self.counts.items()))
-        if self.bar is not None:
-            self.bar.set_postfix_str(summary)
-            self.bar.update()
-            return
-        elapsed = time.monotonic() - self.start
-        left = elapsed / self.done * (self.total - self.done)
-        detail = f" ({row['error']})" if row["error"] else ""
-        print(
-            f"[{self.done}/{self.total}, ~{left:.0f}s left, {summary}] {row['task']} "
-            f"{row['method']} K={row['truncation']} seed={row['seed']} {row['device']}: "
-            f"{row['status']}{detail}",
-            file=sys.stderr,
-            flush=True,
-        )
-
-    def close(self) -> None:
-        if self.bar is not None:
-            self.bar.close()
-
-
 def plugin_config(args: argparse.Namespace) -> PluginConfig:
-    names = args.plugin or []
-    disabled = [n.removeprefix("no:") for n in names if n.startswith("no:")]
-    modules = [n for n in names if not n.startswith("no:")]
-    return PluginConfig.from_environment(modules, disabled + (args.disable_plugin or []))
+    return api.plugin_config(args.plugin or [], args.disable_plugin or [])
 
 
-def settings_from(args: argparse.Namespace) -> dict[str, Any]:
-    layers = []
-    if args.suite is not None:
-        layers.append(config.load_suite(args.suite))
-    if args.config is not None:
-        layers.append(config.load_config(args.config))
-    flags = {
+def flags_of(args: argparse.Namespace) -> dict[str, Any]:
+    """The settings given as flags (None: not given)."""
+    return {
         "tasks": args.tasks,
         "methods": args.methods,
         "truncation": args.truncation,
@@ -116,26 +71,6 @@ def settings_from(args: argparse.Namespace) -> dict[str, Any]:
         "cpus_per_cell": args.cpus_per_cell,
         "gpus_per_cell": args.gpus_per_cell,
     }
-    layers.append({k: v for k, v in flags.items() if v is not None})
-    return config.layer(*layers)
-
-
-def refuse_empty(args: argparse.Namespace) -> None:
-    """A flag given an empty value is a mistake (an unset shell variable), never a request for the default."""
-    for option, value in (("--out", args.out), ("--data-dir", args.data_dir)):
-        if value is not None and not value.strip():
-            raise UsageError(f"{option} takes a folder, not {value!r}")
-
-
-def warn_about_jobs(settings: config.SweepSettings) -> None:
-    """One line on stderr when the local pool would start more workers than there are cores."""
-    cores = usable_cores()
-    if settings.executor == "local" and settings.jobs > cores:
-        print(
-            f"rbpbench: warning: --jobs {settings.jobs} is more than the {cores} usable cores; "
-            "the workers will compete for them (and each holds its own memory)",
-            file=sys.stderr,
-        )
 
 
 def dry_run(settings: config.SweepSettings) -> int:
@@ -152,56 +87,42 @@ def dry_run(settings: config.SweepSettings) -> int:
 
 
 def command_run(args: argparse.Namespace) -> int:
-    refuse_empty(args)
-    if args.data_dir:
-        # Workers are spawned with this environment, so they read the same root.
-        os.environ[DATA_DIR_ENV] = str(Path(args.data_dir).expanduser().resolve())
-    plugins = plugin_config(args)
-    registry = load_registry(plugins)
-    settings = config.resolve(
-        settings_from(args),
-        registry,
-        task_param_flags=config.parse_params(args.task_param, "--task-param"),
-        method_param_flags=config.parse_params(args.method_param, "--method-param"),
-    )
-    fail_on = config.parse_statuses(args.fail_on) if args.fail_on is not None else []
-    warn_about_jobs(settings)
-    if args.dry_run:
-        return dry_run(settings)
-    out = Path(args.out) if args.out else default_out()
-    sweep = Sweep(settings, registry, plugins, out, retry_failed=args.retry_failed)
-    progress: Progress | None = None
-    try:
-        with terminate_as_interrupt(), sweep.hold():
-            resumed = len(sweep.cells) - len(sweep.todo)
-            if resumed:
-                print(
-                    f"resuming {out}: {resumed} of {len(sweep.cells)} cells already finished",
-                    file=sys.stderr,
-                )
-            progress = Progress(len(sweep.todo))
-            sweep.run(progress)
-    except (KeyboardInterrupt, Terminated) as stop:
-        if progress is not None:
-            progress.close()
-        what = "terminated" if isinstance(stop, Terminated) else "interrupted"
-        print(
-            f"\n{what}: finished cells are in {sweep.results.parquet}; "
-            "run the same command again to resume",
-            file=sys.stderr,
+    api.refuse_empty(args.out, args.data_dir)
+    with api.data_root(args.data_dir):
+        plugins = plugin_config(args)
+        registry = load_registry(plugins)
+        settings = api.resolve_sweep(
+            registry,
+            flags=flags_of(args),
+            suite=args.suite,
+            config_file=args.config,
+            task_params=args.task_param,
+            method_params=args.method_param,
         )
-        return 143 if isinstance(stop, Terminated) else 130
-    except StorageError as exc:
-        if progress is not None:
-            progress.close()
-        print(
-            f"\nrbpbench: error: {exc}; the sweep stopped there. The cells stored before are "
-            f"in {out}; once it can be written, run the same command again to resume",
-            file=sys.stderr,
-        )
-        return STORAGE_FAILURE
-    assert progress is not None
-    progress.close()
+        fail_on = config.parse_statuses(args.fail_on) if args.fail_on is not None else []
+        api.warn_about_jobs(settings)
+        if args.dry_run:
+            return dry_run(settings)
+        out = Path(args.out) if args.out else default_out()
+        sweep = Sweep(settings, registry, plugins, out, retry_failed=args.retry_failed)
+        try:
+            with terminate_as_interrupt():
+                api.execute(sweep)
+        except (KeyboardInterrupt, Terminated) as stop:
+            what = "terminated" if isinstance(stop, Terminated) else "interrupted"
+            print(
+                f"\n{what}: finished cells are in {sweep.results.parquet}; "
+                "run the same command again to resume",
+                file=sys.stderr,
+            )
+            return 143 if isinstance(stop, Terminated) else 130
+        except StorageError as exc:
+            print(
+                f"\nrbpbench: error: {exc}; the sweep stopped there. The cells stored before are "
+                f"in {out}; once it can be written, run the same command again to resume",
+                file=sys.stderr,
+            )
+            return STORAGE_FAILURE
     frame = sweep.frame()
     print(leaderboard.render(frame))
     print(f"\n{len(frame)} cells in {sweep.results.parquet} and {sweep.results.csv}")

@@ -59,8 +59,10 @@ MAX_CELLS = 1_000_000
 INT64_MAX = 2**63 - 1
 
 
-class UsageError(Exception):
-    """Bad input from the user: reported in one line with exit status 2."""
+class UsageError(ValueError):
+    """Bad input from the user: reported in one line with exit status 2 (``rbpbench.run``
+    raises it). A ValueError, so code that checks values may catch it as one; the parsers
+    below let their own UsageErrors through before turning other ValueErrors into one."""
 
 
 def suite_names() -> list[str]:
@@ -180,6 +182,8 @@ def real_number(value: Any) -> float:
 def parse_truncations(value: Any) -> list[int]:
     try:
         values = [whole_number(v) for v in as_list(value, "truncation")]
+    except UsageError:
+        raise
     except (TypeError, ValueError, OverflowError):
         raise UsageError(
             f"--truncation takes whole numbers separated by commas, not {value!r}"
@@ -293,6 +297,8 @@ def parse_seeds(value: Any) -> Seeds:
                     f"({INT64_MAX}, int64)"
                 )
             ranges.append(range(low, high + 1))
+    except UsageError:
+        raise
     except (TypeError, ValueError, OverflowError):
         raise UsageError(
             f"--seeds takes a range like 0-4 or a list like 0,3,7, not {value!r}"

@@ -24,7 +24,7 @@ from typing import Any
 import torch
 
 from rbpbench import state as S
-from rbpbench.forward import LossTerms
+from rbpbench.linearisation import LossTerms
 from rbpbench.problem import Problem, TaskSpec
 from rbpbench.state import State
 

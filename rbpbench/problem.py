@@ -72,10 +72,13 @@ class GradientResult:
 
 
 class GradientMethod(Protocol):
-    """``compute(problem, truncation, diagnostics=..., **params)``.
+    """How the harness calls a method: ``compute(problem, truncation, diagnostics=..., **params)``.
 
-    With ``diagnostics=False`` a method may skip work that only feeds its
-    diagnostics (the backward residual); the runner times that variant.
+    ``params`` are the method's parameters, the keys of ``MethodSpec.defaults``
+    (with the user's values); a method takes them as keyword-only arguments
+    with defaults, and no others. With ``diagnostics=False`` a method may skip
+    work that only feeds its diagnostics (the backward residual); the runner
+    times that variant.
     """
 
     def __call__(
@@ -136,7 +139,9 @@ class MethodSpec:
     """
 
     name: str
-    compute: GradientMethod
+    # A GradientMethod; typed loosely, as a method's own keyword-only parameters are not
+    # the protocol's **params (rbpbench.config checks them against its signature).
+    compute: Callable[..., GradientResult]
     summary: str
     defaults: Mapping[str, Any] = field(default_factory=dict)
     unrolls: bool = False

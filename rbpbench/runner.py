@@ -33,7 +33,8 @@ from rbpbench.convergence import (
     split_params,
 )
 from rbpbench.data import DatasetUnavailable
-from rbpbench.forward import LastStep, run_without_graph
+from rbpbench.forward import run_without_graph
+from rbpbench.linearisation import LinearisedStep
 from rbpbench.methods.unrolled import bptt
 from rbpbench.plugins import Registry
 from rbpbench.problem import GradientResult, Problem, TrainingRun, check_result
@@ -95,7 +96,7 @@ def problem_facts(problem: Problem, iterations: int) -> ProblemFacts:
     """
     h_prev = run_without_graph(problem, problem.num_steps - 1)
     linearised = problem.adjoint_steps[0] if problem.adjoint_steps else None
-    step = LastStep(problem, h_prev, linearised)
+    step = LinearisedStep(problem, h_prev, linearised)
     radius = measure.spectral_radius(
         step.vjp, step.h_prev, iterations=iterations, seed=problem.seed
     )

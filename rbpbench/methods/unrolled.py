@@ -10,12 +10,11 @@ BPTT keeps all T steps, i.e. it is tbptt with K = T - 1.
 
 from __future__ import annotations
 
-from typing import Any
-
 import torch
 
 from rbpbench import state as S
-from rbpbench.forward import grads_or_zeros, run_without_graph
+from rbpbench.forward import run_without_graph
+from rbpbench.gradients import grads_or_zeros
 from rbpbench.problem import GradientResult, Problem
 
 
@@ -40,15 +39,11 @@ def unrolled_gradient(problem: Problem, graph_steps: int) -> GradientResult:
     )
 
 
-def bptt(
-    problem: Problem, truncation: int, *, diagnostics: bool = True, **_: Any
-) -> GradientResult:
+def bptt(problem: Problem, truncation: int, *, diagnostics: bool = True) -> GradientResult:
     """Full back-propagation through time; ``truncation`` is ignored."""
     return unrolled_gradient(problem, problem.num_steps)
 
 
-def tbptt(
-    problem: Problem, truncation: int, *, diagnostics: bool = True, **_: Any
-) -> GradientResult:
+def tbptt(problem: Problem, truncation: int, *, diagnostics: bool = True) -> GradientResult:
     """Truncated BPTT: the adjoint crosses the last ``truncation`` Jacobians."""
     return unrolled_gradient(problem, truncation + 1)

@@ -22,7 +22,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from rbpbench.forward import grads_or_zeros
+from rbpbench.gradients import grads_or_zeros
 from rbpbench.problem import Problem
 from rbpbench.tasks.settings import at_least, within
 

@@ -18,9 +18,8 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from rbpbench import config
+from rbpbench import LossTerms, config, run_without_graph
 from rbpbench import state as S
-from rbpbench.forward import LossTerms, run_without_graph
 from rbpbench.measure import peak_memory, relative_error
 from rbpbench.plugins import Origin, PluginConfig, Registry, load_registry
 from rbpbench.problem import GradientResult, MethodSpec, Problem, TaskSpec

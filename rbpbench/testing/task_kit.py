@@ -32,7 +32,8 @@ from torch import Tensor
 from rbpbench import state as S
 from rbpbench.convergence import split_params
 from rbpbench.data import DatasetUnavailable
-from rbpbench.forward import LossTerms, run_without_graph
+from rbpbench.forward import run_without_graph
+from rbpbench.linearisation import LossTerms
 from rbpbench.plugins import PluginConfig, Registry, describe, load_registry
 from rbpbench.problem import Problem, TaskSpec
 from rbpbench.state import State

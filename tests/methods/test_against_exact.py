@@ -9,7 +9,8 @@ import torch
 
 from rbpbench import adjoint
 from rbpbench import state as S
-from rbpbench.forward import LastStep, LossTerms, run_without_graph
+from rbpbench.forward import run_without_graph
+from rbpbench.linearisation import LinearisedStep, LossTerms
 from rbpbench.measure import relative_error
 from rbpbench.methods.implicit import cg_rbp, neumann_rbp, rbp
 from rbpbench.methods.unrolled import bptt, tbptt
@@ -64,7 +65,7 @@ def test_neumann_rbp_gradient_error_within_proposition_2(converged, k: int) -> N
     previous = run_without_graph(problem, problem.num_steps - 1)
     n = previous.numel()
     jac = torch.autograd.functional.jacobian(lambda h: problem.step(h, 0), previous).reshape(n, n)
-    step = LastStep(problem, previous)
+    step = LinearisedStep(problem, previous)
     g = LossTerms(problem, step.h_next).g
     z_exact = torch.linalg.solve((torch.eye(n, dtype=jac.dtype) - jac).T, g.reshape(n))
     grad_exact = step.param_vjp(z_exact.reshape_as(g), release=False)
@@ -86,7 +87,7 @@ def test_last_step_jvp_and_vjp_agree_with_the_dense_jacobian() -> None:
     previous = run_without_graph(problem, problem.num_steps - 1)
     n = previous.numel()
     jac = torch.autograd.functional.jacobian(lambda h: problem.step(h, 0), previous).reshape(n, n)
-    step = LastStep(problem, previous)
+    step = LinearisedStep(problem, previous)
     v = torch.randn_like(previous)
     torch.testing.assert_close(step.jvp(v).reshape(n), jac @ v.reshape(n), rtol=1e-12, atol=1e-12)
     torch.testing.assert_close(step.vjp(v).reshape(n), jac.T @ v.reshape(n), rtol=1e-12, atol=1e-12)
@@ -107,7 +108,7 @@ def test_methods_report_their_diagnostics() -> None:
         assert result.backward_residual > 0
         assert math.isnan(method(problem, 7, diagnostics=False).backward_residual)
     # The reported residual is ||(I - J^T) z - g|| for the z actually used.
-    step = LastStep(problem, run_without_graph(problem, problem.num_steps - 1))
+    step = LinearisedStep(problem, run_without_graph(problem, problem.num_steps - 1))
     g = LossTerms(problem, step.h_next).g
     z = adjoint.neumann(step, g, max_iter=7).z
     assert abs(step.adjoint_residual(z, g) - neumann_rbp(problem, 7).backward_residual) < 1e-15

@@ -8,7 +8,8 @@ import pytest
 import torch
 
 from rbpbench.data import DATA_DIR_ENV
-from rbpbench.forward import LastStep, run_without_graph
+from rbpbench.forward import run_without_graph
+from rbpbench.linearisation import LinearisedStep
 from rbpbench.methods.implicit import neumann_rbp
 from rbpbench.methods.unrolled import bptt
 from rbpbench.problem import TrainingRun
@@ -67,7 +68,7 @@ def test_observed_neurons_stay_clamped_and_the_dynamics_settle() -> None:
 def test_cg_rbp_jacobian_products_agree_with_finite_differences() -> None:
     model, images = small_model()
     problem = model.problem(images, images)
-    step = LastStep(problem, run_without_graph(problem, 10))
+    step = LinearisedStep(problem, run_without_graph(problem, 10))
     v = torch.randn_like(step.h_prev)
     eps = 1e-6
     plus = problem.step(step.h_prev.detach() + eps * v, 0)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from rbpbench.testing import check_method
+from rbpbench import check_method
 
 
 @pytest.mark.slow

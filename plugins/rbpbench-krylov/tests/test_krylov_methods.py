@@ -13,13 +13,12 @@ import pytest
 import torch
 from rbpbench_krylov import bicgstab_rbp, gmres_rbp, lsqr_rbp
 
+from rbpbench import GradientResult, Problem, State
 from rbpbench import state as S
 from rbpbench.measure import relative_error
 from rbpbench.methods.implicit import cg_rbp, neumann_rbp
 from rbpbench.methods.unrolled import bptt
 from rbpbench.plugins import load_registry
-from rbpbench.problem import GradientResult, Problem
-from rbpbench.state import State
 from rbpbench.tasks import contractive
 
 CPU = torch.device("cpu")

@@ -12,10 +12,8 @@ import torch
 from rbpbench_krylov import solvers
 from torch import Tensor
 
-from rbpbench import adjoint
+from rbpbench import AdjointSolution, State, adjoint
 from rbpbench import state as S
-from rbpbench.adjoint import AdjointSolution
-from rbpbench.state import State
 
 F64 = torch.float64
 N = 24

@@ -1,78 +1,60 @@
 """GMRES-RBP, BiCGSTAB-RBP and LSQR-RBP: the RBP family's one-step graph with Krylov solvers.
 
-Each runs the first T - 1 steps without a graph, linearises the last step and
-solves (I - J^T) z = dL/dh with its solver from :mod:`rbpbench_krylov.solvers`
-through :func:`rbpbench.methods.implicit.implicit_gradient`, so it reports the
-same diagnostics as the built-in RBP methods and its memory does not grow
-with T.
+Each is :func:`rbpbench.implicit_method` of a solver from
+:mod:`rbpbench_krylov.solvers`: it runs the first T - 1 steps without a graph,
+linearises the last step and solves (I - J^T) z = dL/dh with its solver, so it
+reports the same diagnostics as the built-in RBP methods and its memory does
+not grow with T.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable, Mapping
 from typing import Any
 
-from rbpbench.adjoint import AdjointSolution
-from rbpbench.forward import LastStep
-from rbpbench.methods.implicit import implicit_gradient
-from rbpbench.problem import GradientResult, Problem
-from rbpbench.state import State
+from rbpbench import implicit_method
 from rbpbench_krylov import solvers
 
 
-def _check(name: str, truncation: int, tol: float) -> None:
-    if truncation < 1:
-        raise ValueError(f"{name}: the truncation K must be >= 1, not {truncation}")
-    if tol < 0:
-        raise ValueError(f"{name}: tol must be >= 0, not {tol}")
+def checks(name: str) -> Callable[[int, Mapping[str, Any]], None]:
+    """The values a Krylov method refuses before it runs: K < 1, a negative tol, a
+    restart that is no whole number."""
+
+    def check(truncation: int, params: Mapping[str, Any]) -> None:
+        if truncation < 1:
+            raise ValueError(f"{name}: the truncation K must be >= 1, not {truncation}")
+        if params["tol"] < 0:
+            raise ValueError(f"{name}: tol must be >= 0, not {params['tol']}")
+        restart = params.get("restart", 1)
+        if isinstance(restart, bool) or not isinstance(restart, int):
+            raise ValueError(f"{name}: restart must be a whole number, not {restart!r}")
+
+    return check
 
 
-def gmres_rbp(
-    problem: Problem,
-    truncation: int,
-    *,
-    diagnostics: bool = True,
-    restart: int = 50,
-    tol: float = 1e-10,
-    **_: Any,
-) -> GradientResult:
-    """GMRES(restart) on (I - J^T) z = g: at most K Jacobian-transpose products."""
-    _check("gmres-rbp", truncation, tol)
+GMRES_RBP = implicit_method(
+    solvers.gmres,
+    name="gmres-rbp",
+    summary="restarted GMRES on (I - J^T) z = g, at most K J^T products",
+    defaults={"restart": 50, "tol": 1e-10},
+    check=checks("gmres-rbp"),
+)
+BICGSTAB_RBP = implicit_method(
+    solvers.bicgstab,
+    name="bicgstab-rbp",
+    summary="BiCGSTAB on (I - J^T) z = g, at most K J^T products (K/2 iterations)",
+    defaults={"tol": 1e-10},
+    check=checks("bicgstab-rbp"),
+)
+LSQR_RBP = implicit_method(
+    solvers.lsqr,
+    name="lsqr-rbp",
+    summary="LSQR on (I - J^T) z = g (stable CG-RBP), at most K iterations",
+    defaults={"tol": 1e-10},
+    check=checks("lsqr-rbp"),
+)
 
-    def solve(step: LastStep, g: State) -> AdjointSolution:
-        return solvers.gmres(step, g, max_iter=truncation, tol=tol, restart=int(restart))
-
-    return implicit_gradient(problem, solve, diagnostics=diagnostics)
-
-
-def bicgstab_rbp(
-    problem: Problem,
-    truncation: int,
-    *,
-    diagnostics: bool = True,
-    tol: float = 1e-10,
-    **_: Any,
-) -> GradientResult:
-    """BiCGSTAB on (I - J^T) z = g: at most K Jacobian-transpose products (K/2 iterations)."""
-    _check("bicgstab-rbp", truncation, tol)
-
-    def solve(step: LastStep, g: State) -> AdjointSolution:
-        return solvers.bicgstab(step, g, max_iter=truncation, tol=tol)
-
-    return implicit_gradient(problem, solve, diagnostics=diagnostics)
-
-
-def lsqr_rbp(
-    problem: Problem,
-    truncation: int,
-    *,
-    diagnostics: bool = True,
-    tol: float = 1e-10,
-    **_: Any,
-) -> GradientResult:
-    """LSQR on (I - J^T) z = g: at most K iterations, each one J^T and one J product."""
-    _check("lsqr-rbp", truncation, tol)
-
-    def solve(step: LastStep, g: State) -> AdjointSolution:
-        return solvers.lsqr(step, g, max_iter=truncation, tol=tol)
-
-    return implicit_gradient(problem, solve, diagnostics=diagnostics)
+# The methods as functions: compute(problem, truncation, *, diagnostics=True, **params).
+gmres_rbp = GMRES_RBP.compute  # GMRES(restart): at most K Jacobian-transpose products
+bicgstab_rbp = BICGSTAB_RBP.compute  # BiCGSTAB: at most K J^T products (K/2 iterations)
+lsqr_rbp = LSQR_RBP.compute  # LSQR: at most K iterations, each one J^T and one J product

@@ -1,8 +1,8 @@
 """Krylov solvers for the adjoint system ``A z = g`` with ``A = I - J^T``.
 
-Each has the signature of :mod:`rbpbench.adjoint`'s solvers,
+Each has the signature of rbpbench's adjoint solvers (:data:`rbpbench.AdjointSolver`),
 ``solve(op, g, *, max_iter, tol, init)``, and returns an
-:class:`~rbpbench.adjoint.AdjointSolution`; ``op.vjp(v)`` is J^T v and
+:class:`rbpbench.AdjointSolution`; ``op.vjp(v)`` is J^T v and
 ``op.jvp(v)`` is J v. States may be tensors or tuples of tensors.
 
 ``tol`` is relative to the right-hand side for all three: a solver stops once
@@ -22,9 +22,8 @@ import math
 
 import torch
 
+from rbpbench import AdjointSolution, JacobianOperator, State
 from rbpbench import state as S
-from rbpbench.adjoint import AdjointSolution, JacobianOperator
-from rbpbench.state import State
 
 
 def _apply(op: JacobianOperator, v: State) -> State:
