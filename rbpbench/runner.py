@@ -73,18 +73,29 @@ class References:
     spectral_radius: float
 
 
-def spectral_radius_at_end(problem: Problem, iterations: int) -> float:
+def spectral_radius_at_end(
+    problem: Problem,
+    *,
+    dense_max: int = measure.DENSE_MAX_STATE,
+    products: int = measure.SPECTRAL_PRODUCTS,
+) -> float:
     """rho(J) of the linearisation the RBP family uses: the last step, or the first adjoint step."""
     linearised = problem.adjoint_steps[0] if problem.adjoint_steps else None
     step = LastStep(problem, run_without_graph(problem, problem.num_steps - 1), linearised)
-    return measure.spectral_radius(step.vjp, step.h_prev, iterations=iterations, seed=problem.seed)
+    return measure.spectral_radius(
+        step.vjp, step.h_prev, dense_max=dense_max, products=products, seed=problem.seed
+    )
 
 
 @dataclass
 class CellRunner:
     registry: Registry
     run_id: str
-    power_iterations: int = 100
+    # The spectral_radius column: dense eigenvalues for states of at most
+    # spectral_dense_max numbers, else Arnoldi within spectral_products J^T v
+    # products (measure.spectral_estimate, docs/measurement.md).
+    spectral_dense_max: int = measure.DENSE_MAX_STATE
+    spectral_products: int = measure.SPECTRAL_PRODUCTS
     _references: dict[tuple[Any, ...], References] = field(default_factory=dict)
 
     def problem(self, cell: Cell) -> Problem:
@@ -107,7 +118,11 @@ class CellRunner:
                     reference.grads_f,
                     reference.grads_g,
                     exact,
-                    spectral_radius_at_end(problem, self.power_iterations),
+                    spectral_radius_at_end(
+                        problem,
+                        dense_max=self.spectral_dense_max,
+                        products=self.spectral_products,
+                    ),
                 )
             }
         return self._references[key]

@@ -5,6 +5,9 @@ from __future__ import annotations
 import pytest
 import torch
 
+from rbpbench import measure
+from rbpbench.forward import run_without_graph
+from rbpbench.runner import spectral_radius_at_end
 from rbpbench.tasks import contractive
 from tests.conftest import contractive_problem
 
@@ -40,6 +43,23 @@ def test_exact_gradient_matches_finite_differences_of_the_fixed_point_loss() -> 
         )
         finite_difference = (fixed_point_loss(plus) - fixed_point_loss(minus)) / (2 * eps)
         assert float((exact[index] * direction).sum()) == pytest.approx(finite_difference, rel=1e-6)
+
+
+@pytest.mark.parametrize("hidden", [32, 160])
+def test_the_spectral_radius_column_is_the_largest_eigenvalue_of_the_last_step(hidden: int) -> None:
+    """J at h_{T-1} is block diagonal over the batch: diag(1 - h_T^2) W for each row.
+
+    The default state (4 x 32) takes the dense path, 4 x 160 the Arnoldi one.
+    """
+    problem = contractive_problem(seed=2, spectral_norm=0.99, hidden=hidden)
+    h_last = run_without_graph(problem, problem.num_steps)
+    w = problem.params_f[0].detach()
+    radius = max(
+        torch.linalg.eigvals((1 - row**2)[:, None] * w).abs().max().item() for row in h_last
+    )
+    arnoldi = problem.initial_state.numel() > measure.DENSE_MAX_STATE
+    assert arnoldi == (hidden > 32)
+    assert spectral_radius_at_end(problem) == pytest.approx(radius, abs=1e-9 if arnoldi else 1e-12)
 
 
 def test_bad_parameters_are_rejected() -> None:
