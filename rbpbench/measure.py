@@ -21,6 +21,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
 import torch
 from torch import Tensor
 
@@ -95,31 +96,246 @@ def _peak_once(fn: Callable[[], object], device: torch.device) -> MemoryFigure:
         return MemoryFigure(int(memray.FileReader(str(capture)).metadata.peak_memory), "memray")
 
 
-def spectral_radius(
-    vjp: Callable[[State], State], like: State, *, iterations: int = 50, seed: int = 0
-) -> float:
-    """Estimate of the spectral radius of J from products J^T v (power iteration).
+# The spectral radius of J (docs/measurement.md, "Spectral radius", has the
+# measurements behind these numbers). States up to DENSE_MAX_STATE numbers get
+# their Jacobian written out and every eigenvalue computed; larger ones go to
+# ARPACK's implicitly restarted Arnoldi on J^T v products.
+DENSE_MAX_STATE = 512
+SPECTRAL_PRODUCTS = 1000  # most J^T v products the Arnoldi path may take
+ARNOLDI_EIGENVALUES = 4  # k: Ritz values wanted (room for +-rho and conjugate pairs)
+ARNOLDI_BASIS = 40  # ncv: Krylov basis size; each restart costs at most ncv - k products
+# ARPACK's relative residual test on each Ritz pair: ARNOLDI_TOLERANCE, or ten
+# machine epsilons of the state's dtype where that is larger (1.2e-6 in
+# float32), since products rounded to that dtype cannot get residuals lower.
+ARNOLDI_TOLERANCE = 1e-10
+RELAXED_TOLERANCE = 1e-6  # second ARPACK run when the first converged on nothing
+FALLBACK_POWER_ITERATIONS = 100
 
-    The geometric mean of the growth factors over the second half of the
-    iterations converges to rho(J) even when the dominant eigenvalues form a
-    complex pair, where plain power iteration would not settle on a vector.
+
+@dataclass(frozen=True)
+class SpectralEstimate:
+    """An estimate of rho(J), how it was reached, and how many J^T v products it took.
+
+    ``path`` is one of ``dense`` (every eigenvalue of the written-out J),
+    ``arnoldi`` (ARPACK converged), ``arnoldi-partial`` (ARPACK ran out of its
+    budget; the largest of the Ritz values that had converged),
+    ``power-iteration`` (ARPACK converged on nothing, twice; the fallback), or
+    ``non-finite`` (a product held NaN or inf; ``radius`` is NaN or inf).
+    ``tolerance`` is ARPACK's residual tolerance on the Arnoldi paths, NaN on
+    the others.
     """
-    generator = torch.Generator().manual_seed(seed)
-    v = S.tree_map(
-        lambda x: torch.randn(x.shape, generator=generator, dtype=torch.float64).to(x), like
+
+    radius: float
+    path: str
+    products: int
+    tolerance: float = math.nan
+
+
+class _NonFiniteProduct(Exception):
+    def __init__(self, radius: float) -> None:
+        self.radius = radius
+
+
+class _Products:
+    """J^T v on flat float64 NumPy vectors, through ``vjp`` on states shaped like ``like``.
+
+    Each vector is cast to the state's dtype and device for the product; the
+    result comes back as float64 on the CPU. A product holding NaN or inf
+    raises :class:`_NonFiniteProduct` carrying NaN (any NaN) or inf.
+    """
+
+    def __init__(self, vjp: Callable[[State], State], like: State) -> None:
+        self.vjp = vjp
+        self.like = like
+        self.size = sum(x.numel() for x in S.as_tuple(like))
+        self.count = 0
+
+    def __call__(self, v: np.ndarray) -> np.ndarray:
+        # np.array copies: the tensor must not share memory ARPACK reuses.
+        flat = torch.from_numpy(np.array(v, dtype=np.float64).reshape(-1))
+        state = S.tree_map(lambda x, t: x.to(t), S.unflatten(flat, self.like), self.like)
+        self.count += 1
+        out = S.flatten(S.tree_map(lambda x: x.detach().to("cpu", torch.float64), self.vjp(state)))
+        result = out.numpy()
+        if not np.isfinite(result).all():
+            raise _NonFiniteProduct(math.nan if np.isnan(result).any() else math.inf)
+        return result
+
+    def start(self, seed: int) -> np.ndarray:
+        """A random unit starting vector drawn from ``seed`` alone."""
+        generator = torch.Generator().manual_seed(seed)
+        v = torch.randn(self.size, generator=generator, dtype=torch.float64).numpy()
+        return v / np.linalg.norm(v)
+
+
+def spectral_radius(
+    vjp: Callable[[State], State],
+    like: State,
+    *,
+    dense_max: int = DENSE_MAX_STATE,
+    products: int = SPECTRAL_PRODUCTS,
+    seed: int = 0,
+) -> float:
+    """rho(J) from products J^T v (J^T has the eigenvalues of J); see :func:`spectral_estimate`."""
+    return spectral_estimate(vjp, like, dense_max=dense_max, products=products, seed=seed).radius
+
+
+def spectral_estimate(
+    vjp: Callable[[State], State],
+    like: State,
+    *,
+    dense_max: int = DENSE_MAX_STATE,
+    products: int = SPECTRAL_PRODUCTS,
+    seed: int = 0,
+) -> SpectralEstimate:
+    """rho(J): dense eigenvalues for a state of at most ``dense_max`` numbers, else Arnoldi.
+
+    ``products`` bounds each ARPACK run of the Arnoldi path (see
+    :func:`arnoldi_spectral_radius` for the fallbacks). Runs under no_grad;
+    the same ``seed`` gives the same estimate.
+    """
+    size = sum(x.numel() for x in S.as_tuple(like))
+    if size <= max(dense_max, 2):
+        return dense_spectral_radius(vjp, like)
+    return arnoldi_spectral_radius(vjp, like, products=products, seed=seed)
+
+
+def dense_spectral_radius(vjp: Callable[[State], State], like: State) -> SpectralEstimate:
+    """max |lambda| over all eigenvalues of J, its transpose built column by column in float64.
+
+    Column i of J^T is J^T e_i: one product per state entry. The eigenvalues
+    come from LAPACK (backward stable), so they are as accurate as the
+    conditioning of J's eigenvalues allows.
+    """
+    apply = _Products(vjp, like)
+    if apply.size == 0:
+        return SpectralEstimate(0.0, "dense", 0)
+    transposed = np.empty((apply.size, apply.size))
+    unit = np.zeros(apply.size)
+    with torch.no_grad():
+        for i in range(apply.size):
+            unit[i] = 1.0
+            try:
+                transposed[:, i] = apply(unit)
+            except _NonFiniteProduct as exc:
+                return SpectralEstimate(exc.radius, "non-finite", apply.count)
+            unit[i] = 0.0
+    radius = float(np.abs(np.linalg.eigvals(transposed)).max())
+    return SpectralEstimate(radius, "dense", apply.count)
+
+
+def arnoldi_spectral_radius(
+    vjp: Callable[[State], State],
+    like: State,
+    *,
+    products: int = SPECTRAL_PRODUCTS,
+    seed: int = 0,
+) -> SpectralEstimate:
+    """max |Ritz value| from ARPACK's implicitly restarted Arnoldi on J^T (``which='LM'``).
+
+    ARNOLDI_EIGENVALUES Ritz values are wanted from a basis of ARNOLDI_BASIS
+    vectors, restarted at most as often as fits in ``products`` products, to a
+    relative residual of :func:`arnoldi_tolerance`. If ARPACK runs out of
+    restarts, the largest Ritz value that had converged is returned
+    (``arnoldi-partial``); if none had, ARPACK runs once more from the same
+    start at RELAXED_TOLERANCE (clustered dominant eigenvalues converge slowly
+    to a tight residual); if that converges on nothing either, the
+    power-iteration estimate is returned. At most 2 ``products`` +
+    FALLBACK_POWER_ITERATIONS products in all.
+    """
+    apply = _Products(vjp, like)
+    n = apply.size
+    if n < 3:  # ARPACK needs k < n - 1
+        return dense_spectral_radius(vjp, like)
+    k = min(ARNOLDI_EIGENVALUES, n - 2)
+    # ARPACK takes one product to start, ncv to build the basis, and at most
+    # ncv - k per restart after that; the basis shrinks to fit a small budget.
+    ncv = min(ARNOLDI_BASIS, n, (products - 1 + k) // 2)
+    if ncv < k + 2:
+        raise ValueError(f"products must be at least {k + 5} for this state, got {products}")
+    restarts = (products - 1 - ncv) // (ncv - k)
+    tolerances = [arnoldi_tolerance(like)]
+    if tolerances[0] < RELAXED_TOLERANCE:
+        tolerances.append(RELAXED_TOLERANCE)
+    with torch.no_grad():
+        for tolerance in tolerances:
+            try:
+                found = _arpack(apply, k=k, ncv=ncv, restarts=restarts, tol=tolerance, seed=seed)
+            except _NonFiniteProduct as exc:
+                return SpectralEstimate(exc.radius, "non-finite", apply.count)
+            if found is not None:
+                radius, path = found
+                return SpectralEstimate(radius, path, apply.count, tolerance)
+    fallback = power_spectral_radius(vjp, like, iterations=FALLBACK_POWER_ITERATIONS, seed=seed)
+    return SpectralEstimate(fallback.radius, fallback.path, apply.count + fallback.products)
+
+
+def _arpack(
+    apply: _Products, *, k: int, ncv: int, restarts: int, tol: float, seed: int
+) -> tuple[float, str] | None:
+    """(radius, path) from one ARPACK run, or None when no Ritz value converged."""
+    from scipy.sparse.linalg import ArpackError, ArpackNoConvergence, LinearOperator, eigs
+
+    start = apply.count
+    try:
+        values = eigs(
+            LinearOperator((apply.size, apply.size), matvec=apply, dtype=np.float64),
+            k=k,
+            which="LM",
+            ncv=ncv,
+            maxiter=restarts,
+            tol=tol,
+            v0=apply.start(seed),
+            return_eigenvectors=False,
+        )
+        return float(np.abs(values).max()), "arnoldi"
+    except ArpackNoConvergence as exc:
+        if len(exc.eigenvalues):
+            return float(np.abs(exc.eigenvalues).max()), "arnoldi-partial"
+    except ArpackError:
+        # ARPACK's first act is v0 <- J^T v0; it stops there when that is
+        # zero, which for a random v0 means J = 0.
+        if apply.count == start + 1:
+            return 0.0, "arnoldi"
+    return None
+
+
+def arnoldi_tolerance(like: State) -> float:
+    """ARNOLDI_TOLERANCE, or ten epsilons of the state's least precise floating dtype."""
+    eps = max(
+        (torch.finfo(x.dtype).eps for x in S.as_tuple(like) if x.is_floating_point()), default=0.0
     )
-    v = S.scale(v, 1 / S.norm(v))
+    return max(ARNOLDI_TOLERANCE, 10 * eps)
+
+
+def power_spectral_radius(
+    vjp: Callable[[State], State], like: State, *, iterations: int, seed: int = 0
+) -> SpectralEstimate:
+    """Power iteration on J^T: the geometric mean of the growth factors over the second half.
+
+    That mean converges to rho(J) even when the dominant eigenvalues form a
+    complex pair, where plain power iteration would not settle on a vector;
+    but slowly, and from above on strongly non-normal J (the transient growth
+    of ||(J^T)^k v|| has not died out), which is why it is only the fallback.
+    """
+    if iterations < 1:
+        raise ValueError(f"iterations must be at least 1, got {iterations}")
+    apply = _Products(vjp, like)
+    v = apply.start(seed)
     logs: list[float] = []
     with torch.no_grad():
         for _ in range(iterations):
-            w = vjp(v)
-            size = float(S.norm(w))
-            if size == 0.0 or not math.isfinite(size):
-                return size
+            try:
+                w = apply(v)
+            except _NonFiniteProduct as exc:
+                return SpectralEstimate(exc.radius, "non-finite", apply.count)
+            size = float(torch.linalg.vector_norm(torch.from_numpy(w)))  # not NumPy's BLAS
+            if size == 0.0:
+                return SpectralEstimate(0.0, "power-iteration", apply.count)
             logs.append(math.log(size))
-            v = S.scale(w, 1 / size)
+            v = w / size
     tail = logs[len(logs) // 2 :]
-    return math.exp(sum(tail) / len(tail))
+    return SpectralEstimate(math.exp(sum(tail) / len(tail)), "power-iteration", apply.count)
 
 
 def _flat(tensors: Sequence[Tensor]) -> Tensor:

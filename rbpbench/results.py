@@ -55,7 +55,7 @@ COLUMNS: dict[str, str] = {
     "grad_rel_error_total": "||g - g_bptt|| / ||g_bptt|| on w_F and w_G together",
     "grad_cosine_total": "cosine between g and g_bptt on w_F and w_G together",
     "grad_rel_error_exact": "||g - g_exact|| / ||g_exact|| on w_F (NaN if the task has no exact gradient)",
-    "spectral_radius": "estimate of the spectral radius of J at h_{T-1} (100 power iterations on J^T v), of the first adjoint step where the problem names some",
+    "spectral_radius": "spectral radius of J at h_{T-1} (of the first adjoint step where the problem names some), from J^T v products: dense eigenvalues up to 512 state numbers, else ARPACK Arnoldi (docs/measurement.md)",
     "wall_time_s": "median wall time of the gradient computation (timing pass, no profiler)",
     "timing_repeats": "how many timed repeats the median is over",
     "peak_memory_bytes": "peak memory of the gradient computation above the baseline (memory pass, garbage collected first)",

@@ -88,7 +88,12 @@ class ProblemFacts:
     spectral_radius: float
 
 
-def problem_facts(problem: Problem, iterations: int) -> ProblemFacts:
+def problem_facts(
+    problem: Problem,
+    *,
+    dense_max: int = measure.DENSE_MAX_STATE,
+    products: int = measure.SPECTRAL_PRODUCTS,
+) -> ProblemFacts:
     """One forward to h_{T-1}; from there the forward's residual, g, and rho(J).
 
     rho(J) is that of the linearisation the RBP family uses: the last step, or
@@ -98,7 +103,7 @@ def problem_facts(problem: Problem, iterations: int) -> ProblemFacts:
     linearised = problem.adjoint_steps[0] if problem.adjoint_steps else None
     step = LinearisedStep(problem, h_prev, linearised)
     radius = measure.spectral_radius(
-        step.vjp, step.h_prev, iterations=iterations, seed=problem.seed
+        step.vjp, step.h_prev, dense_max=dense_max, products=products, seed=problem.seed
     )
     return ProblemFacts(forward_facts(problem, h_prev), radius)
 
@@ -107,7 +112,11 @@ def problem_facts(problem: Problem, iterations: int) -> ProblemFacts:
 class CellRunner:
     registry: Registry
     run_id: str
-    power_iterations: int = 100
+    # The spectral_radius column: dense eigenvalues for states of at most
+    # spectral_dense_max numbers, else Arnoldi within spectral_products J^T v
+    # products (measure.spectral_estimate, docs/measurement.md).
+    spectral_dense_max: int = measure.DENSE_MAX_STATE
+    spectral_products: int = measure.SPECTRAL_PRODUCTS
     _references: dict[tuple[Any, ...], References] = field(default_factory=dict)
     _facts: dict[tuple[Any, ...], ProblemFacts] = field(default_factory=dict)
 
@@ -136,7 +145,11 @@ class CellRunner:
     def facts(self, cell: Cell, problem: Problem) -> ProblemFacts:
         key = (cell.task, cell.task_params, cell.seed, cell.device)
         if key not in self._facts:
-            self._facts = {key: problem_facts(problem, self.power_iterations)}
+            self._facts = {
+                key: problem_facts(
+                    problem, dense_max=self.spectral_dense_max, products=self.spectral_products
+                )
+            }
         return self._facts[key]
 
     def run(self, cell: Cell) -> dict[str, Any]:

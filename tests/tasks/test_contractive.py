@@ -5,6 +5,12 @@ from __future__ import annotations
 import pytest
 import torch
 
+from rbpbench import measure
+from rbpbench.cells import Cell
+from rbpbench.forward import run_without_graph
+from rbpbench.plugins import Registry
+from rbpbench.problem import Problem
+from rbpbench.runner import CellRunner
 from rbpbench.tasks import contractive
 from tests.conftest import contractive_problem
 
@@ -40,6 +46,39 @@ def test_exact_gradient_matches_finite_differences_of_the_fixed_point_loss() -> 
         )
         finite_difference = (fixed_point_loss(plus) - fixed_point_loss(minus)) / (2 * eps)
         assert float((exact[index] * direction).sum()) == pytest.approx(finite_difference, rel=1e-6)
+
+
+def last_step_radius(problem: Problem) -> float:
+    """rho(J) at h_{T-1} from its structure: diag(1 - h_T^2) W for each row of the batch."""
+    h_last = run_without_graph(problem, problem.num_steps)
+    w = problem.params_f[0].detach()
+    return max(torch.linalg.eigvals((1 - row**2)[:, None] * w).abs().max().item() for row in h_last)
+
+
+def test_the_spectral_radius_column_is_the_largest_eigenvalue_of_the_last_step(
+    registry: Registry,
+) -> None:
+    params = {"spectral_norm": 0.99}
+    cell = Cell("contractive-rnn", "neumann-rbp", 5, 2, "cpu", tuple(params.items()))
+    row = CellRunner(registry, "test").run(cell)
+    assert row["spectral_radius"] == pytest.approx(
+        last_step_radius(contractive_problem(seed=2, **params)), abs=1e-12
+    )
+
+
+def test_a_state_above_the_dense_threshold_gets_its_radius_from_arnoldi() -> None:
+    problem = contractive_problem(seed=2, spectral_norm=0.99, hidden=160)  # 4 x 160 numbers
+    h_prev = run_without_graph(problem, problem.num_steps - 1).requires_grad_(True)
+    with torch.enable_grad():
+        h_next = problem.step(h_prev, problem.num_steps - 1)
+
+    def vjp(v: torch.Tensor) -> torch.Tensor:
+        (out,) = torch.autograd.grad(h_next, h_prev, v, retain_graph=True)
+        return out
+
+    estimate = measure.spectral_estimate(vjp, h_prev, seed=2)
+    assert estimate.path in ("arnoldi", "arnoldi-partial")
+    assert estimate.radius == pytest.approx(last_step_radius(problem), abs=1e-9)
 
 
 def test_bad_parameters_are_rejected() -> None:
