@@ -18,6 +18,7 @@ from typing import Any, Protocol
 import torch
 from torch import Tensor
 
+from rbpbench.measure import all_finite, relative_error
 from rbpbench.state import State
 
 
@@ -87,12 +88,54 @@ class GradientMethod(Protocol):
 
 
 @dataclass
+class Probes:
+    """The gradient-error probes of one training run, as :meth:`TrainingRun.probes` schedules them.
+
+    Call it with each gradient the run takes, ``probes(point, problem,
+    result)``: at a scheduled ``point`` (an epoch, a meta step) it records the
+    relative error of ``result.grads_f`` against the reference method's on
+    the same ``problem``, taken before the parameters move. ``taken`` holds
+    the ``(point, error)`` pairs in order.
+    """
+
+    points: frozenset[int]
+    reference: Callable[[Problem], GradientResult]
+    taken: list[tuple[int, float]] = field(default_factory=list)
+
+    def __call__(self, point: int, problem: Problem, result: GradientResult) -> None:
+        if point in self.points:
+            reference = self.reference(problem).grads_f
+            self.taken.append((point, relative_error(result.grads_f, reference)))
+
+    @property
+    def errors(self) -> list[float]:
+        return [error for _, error in self.taken]
+
+    def curves(self, axis: str) -> dict[str, list[float]]:
+        """The two curves a task stores: ``axis`` (``probe_epoch``, say) and ``probe_grad_rel_error``."""
+        return {
+            axis: [float(point) for point, _ in self.taken],
+            "probe_grad_rel_error": self.errors,
+        }
+
+
+@dataclass
 class TrainingRun:
     """What a training task's ``train`` receives: the cell's method, bound to its truncation.
 
     ``gradient(problem)`` is the method under test; ``reference(problem)`` is
     BPTT, for gradient-error probes during training. ``params`` are the task's
     parameters (defaults merged), as ``build`` receives them.
+
+    The plumbing every training loop shares lives here, so that a task's
+    ``train`` writes only what is its own (its model, data, optimiser,
+    evaluation and curves):
+
+    - :meth:`probes` schedules gradient-error probes against ``reference``
+      over the run and records them (:class:`Probes`);
+    - :meth:`update` hands a gradient to the optimiser and says whether the
+      run diverged (its loss or parameters became NaN or Inf), after which
+      the task stops and reports ``TrainingOutcome(diverged=True)``.
     """
 
     seed: int
@@ -101,6 +144,43 @@ class TrainingRun:
     params: dict[str, Any]
     gradient: Callable[[Problem], GradientResult]
     reference: Callable[[Problem], GradientResult]
+
+    def probes(self, total: int, count: int) -> Probes:
+        """``count`` probes spread evenly over points ``0 .. total - 1``, first and last included (rounded)."""
+        points = torch.linspace(0, total - 1, count).round().int().tolist()
+        return Probes(frozenset(points), self.reference)
+
+    def update(
+        self,
+        problem: Problem,
+        result: GradientResult,
+        optimizer: torch.optim.Optimizer,
+        *,
+        skip_non_finite: bool = False,
+    ) -> bool:
+        """Step ``optimizer`` with ``result``'s gradients of ``problem``'s parameters; True: the run diverged.
+
+        Each of ``problem.params_f + problem.params_g`` (which ``optimizer``
+        must hold) gets its gradient from ``result.grads_f + result.grads_g``
+        as ``.grad``, and the optimiser steps. The run has diverged when the
+        loss or the parameters after the step are NaN or Inf. With
+        ``skip_non_finite`` a NaN or Inf loss or gradient stops the run before
+        the step, so the parameters keep their last finite values (hyperopt
+        reports the hyperparameters it learned).
+        """
+        params = problem.params_f + problem.params_g
+        held = {id(p) for group in optimizer.param_groups for p in group["params"]}
+        if not all(id(p) in held for p in params):
+            raise ValueError("the optimiser does not hold every parameter of the problem")
+        grads = result.grads_f + result.grads_g
+        if skip_non_finite and not (math.isfinite(result.loss) and all_finite(grads)):
+            return True
+        for param, grad in zip(params, grads, strict=True):
+            param.grad = grad
+        optimizer.step()
+        if skip_non_finite:
+            return not all_finite(params)
+        return not (math.isfinite(result.loss) and all_finite(params))
 
 
 @dataclass

@@ -31,7 +31,6 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from rbpbench.data import DATA_DIR_ENV, DatasetUnavailable, data_root
-from rbpbench.measure import all_finite, relative_error
 from rbpbench.problem import Problem, TrainingOutcome, TrainingRun
 from rbpbench.tasks.settings import at_least, settings_from, within
 
@@ -319,16 +318,12 @@ class CitationTask:
             momentum=settings.momentum,
             weight_decay=settings.weight_decay,
         )
-        probe_epochs = set(
-            torch.linspace(0, settings.epochs - 1, settings.probes).round().int().tolist()
-        )
+        probes = run.probes(settings.epochs, settings.probes)
         curves: dict[str, list[float]] = {
             "train_loss": [],
             "eval_epoch": [],
             "val_accuracy": [],
             "test_accuracy": [],
-            "probe_epoch": [],
-            "probe_grad_rel_error": [],
         }
         best = Evaluation(-1, -math.inf, math.nan)
         diverged = False
@@ -336,17 +331,9 @@ class CitationTask:
             problem = model.problem(run.seed)
             result = run.gradient(problem)
             curves["train_loss"].append(result.loss)
-            if epoch in probe_epochs:
-                reference = run.reference(problem).grads_f
-                curves["probe_epoch"].append(float(epoch))
-                curves["probe_grad_rel_error"].append(relative_error(result.grads_f, reference))
-            for parameter, grad in zip(
-                model.parameters, result.grads_f + result.grads_g, strict=True
-            ):
-                parameter.grad = grad
-            optimizer.step()
-            if not (math.isfinite(result.loss) and all_finite(model.parameters)):
-                diverged = True
+            probes(epoch, problem, result)
+            diverged = run.update(problem, result, optimizer)
+            if diverged:
                 break
             if (epoch + 1) % settings.eval_every == 0 or epoch + 1 == settings.epochs:
                 evaluation = evaluate(model, epoch + 1)
@@ -355,6 +342,7 @@ class CitationTask:
                 curves["test_accuracy"].append(evaluation.test)
                 if evaluation.val > best.val:
                     best = evaluation
+        curves.update(probes.curves("probe_epoch"))
         _, difference_norms = model.infer()
         curves["difference_norm"] = difference_norms
         baseline = fit_baseline(model, settings)

@@ -24,7 +24,6 @@ import torch
 from torch import Tensor
 
 from rbpbench.data import mnist
-from rbpbench.measure import all_finite, relative_error
 from rbpbench.problem import Problem, TrainingOutcome, TrainingRun
 from rbpbench.tasks.settings import at_least, settings_from, within
 
@@ -219,10 +218,9 @@ def train(run: TrainingRun) -> TrainingOutcome:
     images = load_digits(settings.source).to(run.device, run.dtype)
     model = settings.model(run.seed, run.device, run.dtype)
     optimizer = torch.optim.Adam([model.weight], lr=settings.lr)
-    probe_epochs = torch.linspace(0, settings.epochs - 1, settings.probes).round().int().tolist()
+    probes = run.probes(settings.epochs, settings.probes)
     epoch_losses: list[float] = []
     step_losses: list[float] = []
-    probes: list[tuple[int, float]] = []
     diverged = False
     for epoch in range(settings.epochs):
         first = len(step_losses)
@@ -231,13 +229,10 @@ def train(run: TrainingRun) -> TrainingOutcome:
             problem = model.problem(batch, batch, run.seed)
             result = run.gradient(problem)
             step_losses.append(result.loss)
-            if start == 0 and epoch in probe_epochs:
-                reference = run.reference(problem).grads_f
-                probes.append((epoch, relative_error(result.grads_f, reference)))
-            model.weight.grad = result.grads_f[0]
-            optimizer.step()
-            if not (math.isfinite(result.loss) and all_finite((model.weight,))):
-                diverged = True
+            if start == 0:  # an epoch's probe is at its first step
+                probes(epoch, problem, result)
+            diverged = run.update(problem, result, optimizer)
+            if diverged:
                 break
         epoch_losses.append(sum(step_losses[first:]) / len(step_losses[first:]))
         if diverged:
@@ -265,8 +260,7 @@ def train(run: TrainingRun) -> TrainingOutcome:
             "train_loss": epoch_losses,
             "step_loss": step_losses,
             "difference_norm": difference_norms,
-            "probe_epoch": [float(e) for e, _ in probes],
-            "probe_grad_rel_error": [err for _, err in probes],
+            **probes.curves("probe_epoch"),
             "corrupted": corrupted.reshape(-1).tolist(),
             "retrieved": retrieved.reshape(-1).tolist(),
         },

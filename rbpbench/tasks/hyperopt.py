@@ -32,7 +32,6 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from rbpbench.data import data_root, mnist
-from rbpbench.measure import all_finite, relative_error
 from rbpbench.problem import Problem, TrainingOutcome, TrainingRun
 from rbpbench.state import State
 from rbpbench.tasks.settings import at_least, settings_from, within
@@ -259,13 +258,9 @@ def train(run: TrainingRun) -> TrainingOutcome:
     if settings.meta_steps == 0:  # a cost measurement only (Table 3): nothing to train
         return TrainingOutcome(metrics={"epochs": 0})
     model = InnerTraining(settings, seed=run.seed, device=run.device, dtype=run.dtype)
-    hyper = [model.log_lr, model.momentum_logit]
-    optimizer = torch.optim.Adam(hyper, lr=settings.meta_lr)
-    probe_steps = set(
-        torch.linspace(0, settings.meta_steps - 1, settings.probes).round().int().tolist()
-    )
+    optimizer = torch.optim.Adam([model.log_lr, model.momentum_logit], lr=settings.meta_lr)
+    probes = run.probes(settings.meta_steps, settings.probes)
     meta_losses: list[float] = []
-    probes: list[tuple[int, float]] = []
     diverged = False
     for meta_step in range(settings.meta_steps):
         if meta_step == settings.meta_lr_drop_at:
@@ -274,17 +269,10 @@ def train(run: TrainingRun) -> TrainingOutcome:
         problem = model.problem(run.seed)
         result = run.gradient(problem)
         meta_losses.append(result.loss)
-        if meta_step in probe_steps:
-            reference = run.reference(problem).grads_f
-            probes.append((meta_step, relative_error(result.grads_f, reference)))
-        if not (math.isfinite(result.loss) and all_finite(result.grads_f)):
-            diverged = True
-            break
-        for param, grad in zip(hyper, result.grads_f, strict=True):
-            param.grad = grad
-        optimizer.step()
-        if not all_finite(hyper):
-            diverged = True
+        probes(meta_step, problem, result)
+        # a NaN hypergradient must not reach the hyperparameters: they are reported
+        diverged = run.update(problem, result, optimizer, skip_non_finite=True)
+        if diverged:
             break
     final_meta_loss, inner_losses = model.train_inner()
     initial = meta_losses[0]
@@ -293,7 +281,7 @@ def train(run: TrainingRun) -> TrainingOutcome:
         "train_loss_final": final_meta_loss,
         "epochs": len(meta_losses),
         "final_inner_batch_loss": inner_losses[-1],
-        "max_probe_grad_rel_error": max((e for _, e in probes), default=math.nan),
+        "max_probe_grad_rel_error": max(probes.errors, default=math.nan),
         **learned(model),
     }
     return TrainingOutcome(
@@ -301,8 +289,7 @@ def train(run: TrainingRun) -> TrainingOutcome:
         curves={
             "meta_loss": meta_losses,
             "inner_train_loss": inner_losses,
-            "probe_meta_step": [float(s) for s, _ in probes],
-            "probe_grad_rel_error": [e for _, e in probes],
+            **probes.curves("probe_meta_step"),
         },
         diverged=diverged or not math.isfinite(final_meta_loss),
     )

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import shutil
 from pathlib import Path
 
@@ -179,3 +180,76 @@ def test_the_quick_preset_runs_cora_end_to_end(planetoid_root: Path, tmp_path: P
     assert "| cora | baseline |" in table and "| cora | neumann-rbp |" in table
     assert "46.63 ± 8.3" in table  # the paper's Neumann-RBP on Cora
     assert (out / "citation-curves.png").read_bytes().startswith(b"\x89PNG")
+
+
+# A tiny float64 run on Cora, two ways: plain, and with NaN gradients at the third SGD
+# step. The numbers were computed with the code before the probe schedule, the BPTT
+# probe, the optimiser step and the divergence check moved into TrainingRun (issue 14),
+# and must not move: the diverged run steps SGD on the NaN gradient before it stops, so
+# its last forward pass (the difference norms) is NaN, and it keeps the accuracies of
+# its best evaluation before that.
+PIN_PARAMS = {**SMALL, "epochs": 4, "eval_every": 2, "probes": 3}
+PIN_METRICS = ("train_loss_initial", "train_loss_final", "val_accuracy", "test_accuracy")
+PIN_METRICS += ("epochs", "best_epoch", "final_difference_norm", "baseline_test_accuracy")
+PIN_CURVES = ("train_loss", "val_accuracy", "probe_epoch", "probe_grad_rel_error")
+PINNED: dict[str, dict[str, float]] = {
+    "poison_at=0": {
+        "diverged": 0.0,
+        "train_loss_initial": 2.983767560273544,
+        "train_loss_final": 2.966221040033434,
+        "val_accuracy": 0.12066365007541478,
+        "test_accuracy": 0.11143911439114391,
+        "epochs": 4.0,
+        "best_epoch": 2.0,
+        "final_difference_norm": 17.886349367227716,
+        "baseline_test_accuracy": 0.23763837638376384,
+        "train_loss[0]": 2.983767560273544,
+        "train_loss[1]": 2.9801592028443675,
+        "train_loss[2]": 2.969695053443481,
+        "train_loss[3]": 2.966221040033434,
+        "val_accuracy[0]": 0.12066365007541478,
+        "val_accuracy[1]": 0.1191553544494721,
+        "probe_epoch[0]": 0.0,
+        "probe_epoch[1]": 2.0,
+        "probe_epoch[2]": 3.0,
+        "probe_grad_rel_error[0]": 0.9838899907742263,
+        "probe_grad_rel_error[1]": 1.0421563387574093,
+        "probe_grad_rel_error[2]": 1.0825163480848963,
+    },
+    "poison_at=3": {
+        "diverged": 1.0,
+        "train_loss_initial": 2.983767560273544,
+        "train_loss_final": 2.969695053443481,
+        "val_accuracy": 0.12066365007541478,
+        "test_accuracy": 0.11143911439114391,
+        "epochs": 3.0,
+        "best_epoch": 2.0,
+        "final_difference_norm": math.nan,
+        "baseline_test_accuracy": 0.23763837638376384,
+        "train_loss[0]": 2.983767560273544,
+        "train_loss[1]": 2.9801592028443675,
+        "train_loss[2]": 2.969695053443481,
+        "val_accuracy[0]": 0.12066365007541478,
+        "probe_epoch[0]": 0.0,
+        "probe_epoch[1]": 2.0,
+        "probe_grad_rel_error[0]": 0.9838899907742263,
+        "probe_grad_rel_error[1]": math.nan,
+    },
+}
+
+
+@pytest.mark.parametrize("poison_at", [0, 3])
+def test_a_tiny_training_run_gives_the_pinned_numbers(data_root: Path, poison_at: int) -> None:
+    from tests.tasks.training import fingerprint, poisoned
+
+    gradient = poisoned(lambda p: neumann_rbp(p, 5, diagnostics=False), poison_at)
+    run = TrainingRun(
+        seed=1,
+        device=CPU,
+        dtype=torch.float64,
+        params={**citation.CORA.defaults, **PIN_PARAMS},
+        gradient=gradient,
+        reference=lambda p: bptt(p, 0, diagnostics=False),
+    )
+    numbers = fingerprint(citation.CORA.train(run), PIN_METRICS, PIN_CURVES)
+    assert numbers == pytest.approx(PINNED[f"poison_at={poison_at}"], rel=1e-7, nan_ok=True)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 
 import pytest
@@ -106,3 +107,76 @@ def test_a_short_training_run_with_neumann_rbp_lowers_the_loss() -> None:
     assert outcome.curves["probe_epoch"] == [0.0, 11.0]
     assert all(e < 1e-3 for e in outcome.curves["probe_grad_rel_error"])
     assert 0 <= outcome.metrics["retrieval_error"] <= 1
+
+
+# A tiny float64 run, two ways: plain, and with NaN gradients at the 5th Adam step
+# (epoch 1, second batch). The numbers were computed with the code before the probe
+# schedule, the BPTT probe, the optimiser step and the divergence check moved into
+# TrainingRun (issue 14), and must not move: the diverged run steps Adam on the NaN
+# gradient before it stops, so its retrieval is made with NaN weights.
+PIN_PARAMS = {"epochs": 3, "batch": 4, "hidden": 16, "steps": 10, "init_scale": 0.05, "probes": 2}
+PIN_METRICS = ("train_loss_initial", "train_loss_final", "retrieval_error", "epochs")
+PIN_METRICS += ("loss_after_training", "retrieval_error_vs_corrupted")
+PIN_CURVES = ("train_loss", "step_loss", "probe_epoch", "probe_grad_rel_error")
+PINNED: dict[str, dict[str, float]] = {
+    "poison_at=0": {
+        "diverged": 0.0,
+        "train_loss_initial": 1.0222787322186961,
+        "train_loss_final": 0.5635444292604864,
+        "retrieval_error": 0.2659438775510204,
+        "epochs": 3.0,
+        "loss_after_training": 0.4961861136692136,
+        "retrieval_error_vs_corrupted": 0.2738520408163265,
+        "train_loss[0]": 1.0222787322186961,
+        "train_loss[1]": 0.7143257015532324,
+        "train_loss[2]": 0.5635444292604864,
+        "step_loss[0]": 1.360668025000326,
+        "step_loss[1]": 0.9075755982657986,
+        "step_loss[2]": 0.7985925733899635,
+        "step_loss[3]": 0.7725639985649737,
+        "step_loss[4]": 0.7267091823448354,
+        "step_loss[5]": 0.6437039237498878,
+        "step_loss[6]": 0.6072272647490008,
+        "step_loss[7]": 0.5762060090074416,
+        "step_loss[8]": 0.5072000140250168,
+        "probe_epoch[0]": 0.0,
+        "probe_epoch[1]": 2.0,
+        "probe_grad_rel_error[0]": 0.0019030806631586796,
+        "probe_grad_rel_error[1]": 0.002387742961043768,
+    },
+    "poison_at=5": {
+        "diverged": 1.0,
+        "train_loss_initial": 1.0222787322186961,
+        "train_loss_final": 0.7496365904549045,
+        "retrieval_error": 0.19910714285714284,
+        "epochs": 2.0,
+        "loss_after_training": math.nan,
+        "retrieval_error_vs_corrupted": 0.09961734693877551,
+        "train_loss[0]": 1.0222787322186961,
+        "train_loss[1]": 0.7496365904549045,
+        "step_loss[0]": 1.360668025000326,
+        "step_loss[1]": 0.9075755982657986,
+        "step_loss[2]": 0.7985925733899635,
+        "step_loss[3]": 0.7725639985649737,
+        "step_loss[4]": 0.7267091823448354,
+        "probe_epoch[0]": 0.0,
+        "probe_grad_rel_error[0]": 0.0019030806631586796,
+    },
+}
+
+
+@pytest.mark.parametrize("poison_at", [0, 5])
+def test_a_tiny_training_run_gives_the_pinned_numbers(poison_at: int) -> None:
+    from tests.tasks.training import fingerprint, poisoned
+
+    gradient = poisoned(lambda p: neumann_rbp(p, 5, diagnostics=False), poison_at)
+    run = TrainingRun(
+        seed=3,
+        device=CPU,
+        dtype=torch.float64,
+        params=PIN_PARAMS,
+        gradient=gradient,
+        reference=lambda p: bptt(p, 0, diagnostics=False),
+    )
+    numbers = fingerprint(hopfield.train(run), PIN_METRICS, PIN_CURVES)
+    assert numbers == pytest.approx(PINNED[f"poison_at={poison_at}"], rel=1e-7, nan_ok=True)

@@ -146,3 +146,69 @@ def test_bad_parameters_are_clear_errors() -> None:
         hyperopt.Settings.of({"rbp_jacobian": "mean"})
     with pytest.raises(TypeError, match="unknown parameters"):
         hyperopt.Settings.of({"lr": 1})
+
+
+# A tiny float64 run (the meta learning rate drops after the first meta step), two
+# ways: plain, and with NaN hypergradients at the second meta step. The numbers were
+# computed with the code before the probe schedule, the BPTT probe, the optimiser step
+# and the divergence check moved into TrainingRun (issue 14), and must not move: the
+# diverged run stops before Adam sees the NaN, so it keeps the hyperparameters of the
+# first meta step.
+PIN_PARAMS = {**TINY, "meta_steps": 3, "probes": 2, "meta_lr_drop_at": 1}
+PIN_METRICS = ("train_loss_initial", "train_loss_final", "epochs", "final_inner_batch_loss")
+PIN_METRICS += ("max_probe_grad_rel_error", "lr_W1", "momentum_W1", "lr_b4", "momentum_b4")
+PIN_CURVES = ("meta_loss", "probe_meta_step", "probe_grad_rel_error")
+PINNED: dict[str, dict[str, float]] = {
+    "poison_at=0": {
+        "diverged": 0.0,
+        "train_loss_initial": 2.2882878974752505,
+        "train_loss_final": 2.2876897940350633,
+        "epochs": 3.0,
+        "final_inner_batch_loss": 2.2673551115423596,
+        "max_probe_grad_rel_error": 0.6180367629293971,
+        "lr_W1": 0.39060974593806896,
+        "momentum_W1": 0.48726124558383804,
+        "lr_b4": 0.3906305117487217,
+        "momentum_b4": 0.4850020581834268,
+        "meta_loss[0]": 2.2882878974752505,
+        "meta_loss[1]": 2.2877902287377143,
+        "meta_loss[2]": 2.2877400512279773,
+        "probe_meta_step[0]": 0.0,
+        "probe_meta_step[1]": 2.0,
+        "probe_grad_rel_error[0]": 0.6090721588618183,
+        "probe_grad_rel_error[1]": 0.6180367629293971,
+    },
+    "poison_at=2": {
+        "diverged": 1.0,
+        "train_loss_initial": 2.2882878974752505,
+        "train_loss_final": 2.2877902287377143,
+        "epochs": 2.0,
+        "final_inner_batch_loss": 2.2675816715076764,
+        "max_probe_grad_rel_error": 0.6090721588618183,
+        "lr_W1": 0.38672183858927606,
+        "momentum_W1": 0.4893634958901739,
+        "lr_b4": 0.38674098306957466,
+        "momentum_b4": 0.48750263341819255,
+        "meta_loss[0]": 2.2882878974752505,
+        "meta_loss[1]": 2.2877902287377143,
+        "probe_meta_step[0]": 0.0,
+        "probe_grad_rel_error[0]": 0.6090721588618183,
+    },
+}
+
+
+@pytest.mark.parametrize("poison_at", [0, 2])
+def test_a_tiny_training_run_gives_the_pinned_numbers(mnist_root: Path, poison_at: int) -> None:
+    from tests.tasks.training import fingerprint, poisoned
+
+    gradient = poisoned(lambda p: neumann_rbp(p, 5, diagnostics=False), poison_at)
+    run = TrainingRun(
+        seed=2,
+        device=CPU,
+        dtype=F64,
+        params=PIN_PARAMS,
+        gradient=gradient,
+        reference=lambda p: bptt(p, 0, diagnostics=False),
+    )
+    numbers = fingerprint(hyperopt.train(run), PIN_METRICS, PIN_CURVES)
+    assert numbers == pytest.approx(PINNED[f"poison_at={poison_at}"], rel=1e-7, nan_ok=True)
