@@ -45,6 +45,10 @@ NOT_SERIES_PREFIXES = ("image_", "raw_")
 # Curves written before this convention that are not series: hopfield's pixels.
 NOT_SERIES = frozenset({"corrupted", "retrieved"})
 
+# Labels are plain Unicode, not TeX: a label is both an axis label and the text of an HTML
+# caption. This one reads ||h_t - h_{t-1}|| with a double bar, subscripts and a minus sign.
+STEP_NORM = "\u2016h\u209c \u2212 h\u209c\u208b\u2081\u2016"
+
 # name -> (label of the values, label of the x axis); curves not listed use their name and "step".
 LABELS: dict[str, tuple[str, str]] = {
     "train_loss": ("training loss", "epoch"),
@@ -52,8 +56,8 @@ LABELS: dict[str, tuple[str, str]] = {
     "val_loss": ("validation loss", "epoch"),
     "val_accuracy": ("validation accuracy", "epoch"),
     "test_accuracy": ("test accuracy", "epoch"),
-    "difference_norm": (r"$\|h_t - h_{t-1}\|$ in the last inference pass", "inference step"),
-    "forward_difference_norm": (r"$\|h_t - h_{t-1}\|$ in the last forward pass", "step t"),
+    "difference_norm": (f"{STEP_NORM} in the last inference pass", "inference step"),
+    "forward_difference_norm": (f"{STEP_NORM} in the last forward pass", "step t"),
     "meta_loss": ("meta-training loss", "meta step"),
     "inner_loss": ("inner training loss", "training step"),
     "final_inner_loss": ("inner training loss at the last meta step", "training step"),
