@@ -5,7 +5,7 @@ listed in ``__all__``); the submodules are the implementation:
 
 - the contracts: :class:`Problem`, :class:`GradientResult`, :class:`MethodSpec`,
   :class:`TaskSpec`, :class:`TrainingRun`, :class:`TrainingOutcome`,
-  :data:`hookimpl`, :func:`check_result`;
+  :class:`Curve`, :class:`TaskFigure`, :data:`hookimpl`, :func:`check_result`;
 - the building blocks of an implicit method: :func:`run_without_graph`,
   :class:`LinearisedStep`, :class:`LossTerms`, :func:`implicit_gradient`, and
   :func:`implicit_method`, which makes a method of an adjoint solver;
@@ -43,9 +43,11 @@ from rbpbench.hookspecs import hookimpl
 from rbpbench.linearisation import LinearisedStep, LossTerms
 from rbpbench.methods.implicit import implicit_gradient, implicit_method
 from rbpbench.problem import (
+    Curve,
     GradientResult,
     MethodSpec,
     Problem,
+    TaskFigure,
     TaskSpec,
     TrainingOutcome,
     TrainingRun,
@@ -91,6 +93,7 @@ __all__ = [
     "AdjointSolution",
     "AdjointSolver",
     "ConformanceError",
+    "Curve",
     "GradientResult",
     "JacobianOperator",
     "LinearisedStep",
@@ -99,6 +102,7 @@ __all__ = [
     "Problem",
     "State",
     "StorageError",
+    "TaskFigure",
     "TaskSpec",
     "TrainingOutcome",
     "TrainingRun",

@@ -11,15 +11,19 @@ nothing of tasks.
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Protocol
 
 import torch
 from torch import Tensor
 
 from rbpbench.measure import all_finite, relative_error
 from rbpbench.state import State
+
+if TYPE_CHECKING:
+    import pandas as pd
 
 
 @dataclass
@@ -183,6 +187,35 @@ class TrainingRun:
         return not (math.isfinite(result.loss) and all_finite(params))
 
 
+@dataclass(frozen=True)
+class Curve:
+    """One curve of a training run, typed, for the report to draw as it is told.
+
+    ``values`` are plotted against ``x`` (None: their index 0, 1, 2, ...), which
+    has one number per value: the epochs at which a probe ran, say. ``label``
+    names the values and ``x_label`` the x axis (None: the name, and "step", or
+    what :data:`rbpbench.curves.LABELS` says for the name). Labels are plain
+    text, shown in HTML captions too: write Unicode (a double bar, a minus sign), not TeX.
+    """
+
+    name: str
+    values: Sequence[float]
+    x: Sequence[float] | None = None
+    label: str | None = None
+    x_label: str | None = None
+
+    def __post_init__(self) -> None:
+        if self.x is not None and len(self.x) != len(self.values):
+            raise ValueError(
+                f"curve {self.name!r} has {len(self.values)} values and {len(self.x)} x values"
+            )
+
+
+# What a training run may give as its curves: typed curves, or name -> values (whose x is
+# their index, or an x companion curve named by the convention of :mod:`rbpbench.curves`).
+Curves = Mapping[str, Sequence[float]] | Sequence[Curve]
+
+
 @dataclass
 class TrainingOutcome:
     """What a training run reports.
@@ -190,13 +223,13 @@ class TrainingOutcome:
     ``metrics`` fill the results table's training columns (``train_loss_initial``,
     ``train_loss_final``, ``success``, ``retrieval_error``, ``val_accuracy``,
     ``test_accuracy``, ``epochs``); other keys land in its ``extra_metrics``
-    JSON. ``curves`` (name -> values per epoch or step) are stored beside the
-    table, one file per cell. ``diverged`` marks a run whose loss or
-    parameters became NaN or Inf.
+    JSON. ``curves`` are stored beside the table, one file per cell: a list of
+    :class:`Curve`, or a mapping of a name to its values per epoch or step.
+    ``diverged`` marks a run whose loss or parameters became NaN or Inf.
     """
 
     metrics: dict[str, Any]
-    curves: dict[str, list[float]] = field(default_factory=dict)
+    curves: Curves = field(default_factory=dict)
     diverged: bool = False
 
 
@@ -228,6 +261,22 @@ class MethodSpec:
 
 
 @dataclass(frozen=True)
+class TaskFigure:
+    """A figure of a task's own, which ``rbpbench report`` adds to each of the task's sections.
+
+    ``draw(folder, rows, path)`` receives the results folder (its ``curves/``
+    hold the cells' curves), the results table's rows of one leaderboard group
+    (one task at one setting; every status) and the PNG file to write; it
+    returns False when these rows give nothing to draw. ``name`` ends the
+    file's name and ``caption`` (plain text) is shown under the figure.
+    """
+
+    name: str
+    caption: str
+    draw: Callable[[Path, pd.DataFrame, Path], bool]
+
+
+@dataclass(frozen=True)
 class TaskSpec:
     """A task as a plugin contributes it: a builder of problems plus defaults.
 
@@ -241,6 +290,10 @@ class TaskSpec:
     value is out of range (a step count below 1, a rate outside (0, 1)): the
     sweep then stops with that line instead of running error cells. The types
     of the values are checked before, against ``defaults``.
+
+    ``figures`` (optional): the task's own figures, which ``rbpbench report``
+    draws after the general ones (the leaderboard, the gradient error, the
+    trade-off and every curve) in each of the task's sections.
     """
 
     name: str
@@ -258,6 +311,7 @@ class TaskSpec:
     forward_tolerance: float | None = None
     adjoint_tolerance: float | None = None
     forward_converges: bool = True
+    figures: Sequence[TaskFigure] = ()
 
 
 def check_result(result: Any, problem: Problem) -> None:

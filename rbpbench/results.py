@@ -16,9 +16,12 @@ import contextlib
 import os
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import pandas as pd
+
+if TYPE_CHECKING:
+    from rbpbench.problem import Curves
 
 # Statuses a cell can end in. "ok" and "diverged" are results (the paper's RBP
 # blowing up is a finding); the others say why a cell has no result.
@@ -279,18 +282,14 @@ class ResultsFolder:
                 self.rows[cell_id] = before
             raise
 
-    def write_curves(self, cell_id: str, curves: Mapping[str, Sequence[float]]) -> None:
+    def write_curves(self, cell_id: str, curves: Curves) -> None:
+        from rbpbench.curves import to_frame  # the curve convention's stored form
+
         try:
             self.curves.mkdir(parents=True, exist_ok=True)
         except OSError as exc:
             raise StorageError(f"could not create {self.curves}: {exc.strerror or exc}") from exc
-        frame = pd.DataFrame(
-            [
-                {"curve": name, "step": step, "value": float(value)}
-                for name, values in curves.items()
-                for step, value in enumerate(values)
-            ]
-        )
+        frame = to_frame(curves)
         atomic_write(self.curves / f"{cell_id}.parquet", lambda p: frame.to_parquet(p, index=False))
 
     def flush(self) -> None:

@@ -34,4 +34,6 @@ def test_the_committed_report_has_its_images_and_its_readme(folder: Path) -> Non
     page = (folder / "report.html").read_text()
     sources = re.findall(r'<img src="([^"]+)"', page)
     assert sources and all((folder / s).is_file() for s in sources)
+    captions = re.findall(r"<figcaption>(.*?)</figcaption>", page)
+    assert not any("$" in c for c in captions), "TeX in a caption: regenerate with rbpbench report"
     assert "rbpbench run" in (folder / "README.md").read_text()

@@ -17,6 +17,8 @@ from pathlib import Path
 
 import pandas as pd
 
+from rbpbench.curves import STEP_NORM
+from rbpbench.problem import TaskFigure
 from rbpbench.reports import paper
 from rbpbench.results import read, read_curves
 
@@ -104,7 +106,7 @@ def curves_figure(folder: Path, frame: pd.DataFrame, path: Path) -> None:
     panels = (
         ("train_loss", None, "training loss"),
         ("val_accuracy", "eval_epoch", "validation accuracy"),
-        ("difference_norm", None, "||h_t - h_{t-1}||"),
+        ("difference_norm", None, STEP_NORM),
     )
     figure, axes = plt.subplots(len(tasks), 3, figsize=(14, 3.6 * len(tasks)), squeeze=False)
     for row_axes, task in zip(axes, tasks, strict=True):
@@ -126,6 +128,26 @@ def curves_figure(folder: Path, frame: pd.DataFrame, path: Path) -> None:
     figure.tight_layout()
     figure.savefig(path, dpi=100)
     plt.close(figure)
+
+
+def fig3(folder: Path, rows: pd.DataFrame, path: Path) -> bool:
+    """The task's figure in ``rbpbench report``: :func:`curves_figure` of these rows; False
+    where none finished or their curves are not in the folder."""
+    try:
+        curves_figure(folder, rows, path)
+    except (ValueError, FileNotFoundError, KeyError):
+        return False
+    return True
+
+
+FIGURES = (
+    TaskFigure(
+        "fig3",
+        "Like the paper's Fig. 3: training loss, validation accuracy and the last pass's "
+        "difference norms, one line per method at its smallest K, mean over seeds",
+        fig3,
+    ),
+)
 
 
 def main(argv: list[str] | None = None) -> int:

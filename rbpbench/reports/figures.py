@@ -7,7 +7,9 @@ setting) and returns False when the group has nothing to draw.
 from __future__ import annotations
 
 import math
+import textwrap
 from pathlib import Path
+from typing import Literal
 
 import matplotlib
 
@@ -15,6 +17,8 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt
 import numpy as np
 import pandas as pd
+from matplotlib.axis import Axis
+from matplotlib.ticker import FuncFormatter, LogLocator, NullFormatter
 
 from rbpbench import curves as curve_convention
 from rbpbench.leaderboard import REFERENCE, Group, Table
@@ -58,6 +62,45 @@ def _log_or_symlog(axis: plt.Axes, values: list[float], which: str = "y") -> Non
         setter("symlog", linthresh=min(positive))
     elif max(positive) / min(positive) > 20:
         setter("log")
+        _log_ticks(axis.yaxis if which == "y" else axis.xaxis)
+
+
+def _log_ticks(scale: Axis) -> None:
+    """Labels at 1, 2 and 5 times the powers of ten, written plainly, and no minor labels.
+
+    Matplotlib's default labels minor ticks too when an axis spans under a
+    couple of decades, and those labels (2x10^7, 3x10^7, ...) overlap.
+    """
+    scale.set_major_locator(LogLocator(base=10, subs=(1.0, 2.0, 5.0)))
+    scale.set_major_formatter(FuncFormatter(lambda v, _: f"{v:g}"))
+    scale.set_minor_formatter(NullFormatter())
+
+
+def _no_offset(axis: plt.Axes, values: list[float], which: Literal["x", "y"] = "y") -> None:
+    """A linear axis over values that (nearly) coincide: a range around them, no offset text.
+
+    Without it matplotlib zooms into the rounding noise (1.0 and 1.0000001) and
+    labels the axis "1e-7 + 1.0000001".
+    """
+    scale = axis.yaxis if which == "y" else axis.xaxis
+    if scale.get_scale() != "linear":
+        return
+    axis.ticklabel_format(axis=which, useOffset=False, style="plain")
+    finite = [v for v in values if math.isfinite(v)]
+    if not finite:
+        return
+    low, high = min(finite), max(finite)
+    magnitude = max(abs(low), abs(high))
+    if high - low <= 1e-3 * magnitude:
+        margin = 0.1 * magnitude if magnitude > 0 else 1.0
+        (axis.set_ylim if which == "y" else axis.set_xlim)(low - margin, high + margin)
+
+
+def _title(figure: plt.Figure, text: str, fontsize: float = 10) -> None:
+    """A figure title wrapped to the figure's width, so that no line runs past its edges."""
+    width_points = figure.get_figwidth() * 72
+    chars = max(20, int(width_points / (0.62 * fontsize)))
+    figure.suptitle(textwrap.fill(text, chars), fontsize=fontsize)
 
 
 def _range(group: Group, table: Table, method: str, k: int) -> tuple[float, float]:
@@ -105,9 +148,17 @@ def gradient_error(group: Group, path: Path) -> bool:
         plt.close(figure)
         return False
     _log_or_symlog(axis, drawn)
+    _no_offset(axis, drawn)
+    ks = group.truncations
+    axis.set_xticks(ks if len(ks) <= 12 else ks[:: math.ceil(len(ks) / 12)])
+    axis.ticklabel_format(axis="x", useOffset=False, style="plain")
+    if len(ks) == 1:
+        axis.set_xlim(ks[0] - 1, ks[0] + 1)
     axis.set_xlabel("truncation K")
     axis.set_ylabel(table.title.split(" at the")[0])
-    axis.set_title(f"{group.label}: gradient error against truncation", fontsize=10)
+    axis.set_title(
+        textwrap.fill(f"{group.label}: gradient error against truncation", 70), fontsize=10
+    )
     axis.legend(fontsize=8)
     axis.grid(alpha=0.3)
     _save(figure, path)
@@ -169,13 +220,13 @@ def tradeoff(group: Group, path: Path) -> bool:
         )
         _log_or_symlog(axis, [y for _, y, _, _ in points])
         _log_or_symlog(axis, [x for x, _, _, _ in points], "x")
+        _no_offset(axis, [y for _, y, _, _ in points])
+        _no_offset(axis, [x for x, _, _, _ in points], "x")
         axis.set_xlabel(cost.title)
         axis.set_ylabel(error.title.split(" at the")[0])
         axis.grid(alpha=0.3)
         axis.legend(fontsize=7)
-    figure.suptitle(
-        f"{group.label}: gradient error against cost (lower left is better)", fontsize=10
-    )
+    _title(figure, f"{group.label}: gradient error against cost (lower left is better)")
     _save(figure, path)
     return True
 
@@ -194,7 +245,7 @@ def curve(group: Group, frame: pd.DataFrame, series: curve_convention.Series, pa
     palette = colours(group.methods)
     ks = group.truncations
     figure, axes = plt.subplots(
-        1, len(ks), figsize=(min(4.0 * len(ks), 16), 3.6), squeeze=False, sharey=True
+        1, len(ks), figsize=(min(max(4.0 * len(ks), 6.4), 16), 3.6), squeeze=False, sharey=True
     )
     values: list[float] = []
     for axis, k in zip(axes[0], ks, strict=True):
@@ -228,8 +279,9 @@ def curve(group: Group, frame: pd.DataFrame, series: curve_convention.Series, pa
         plt.close(figure)
         return False
     _log_or_symlog(axes[0][0], values)
-    axes[0][0].set_ylabel(series.label)
+    _no_offset(axes[0][0], values)
+    axes[0][0].set_ylabel(textwrap.fill(series.label, 30))
     axes[0][0].legend(fontsize=7)
-    figure.suptitle(f"{group.label}: {series.label} (mean over seeds, band: range)", fontsize=10)
+    _title(figure, f"{group.label}: {series.label} (mean over seeds, band: range)")
     _save(figure, path)
     return True

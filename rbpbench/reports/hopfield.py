@@ -13,8 +13,9 @@ from pathlib import Path
 
 import pandas as pd
 
+from rbpbench.problem import TaskFigure
 from rbpbench.reports import paper
-from rbpbench.results import read, read_curves
+from rbpbench.results import DIVERGED, OK, read, read_curves
 
 
 def paper_table1() -> dict[str, dict[int, float]]:
@@ -89,6 +90,31 @@ def retrieval_figure(
     figure.tight_layout()
     figure.savefig(path, dpi=100)
     plt.close(figure)
+
+
+def retrievals(folder: Path, rows: pd.DataFrame, path: Path) -> bool:
+    """The task's figure in ``rbpbench report``: the retrievals at K = 20 (else the middle K)
+    for the first seed; False where the cells' curves are not in the folder."""
+    rows = rows[rows.status.isin([OK, DIVERGED])]
+    if rows.empty or not (folder / "curves").exists():
+        return False
+    ks = sorted(int(k) for k in rows.truncation.unique())
+    k = 20 if 20 in ks else ks[len(ks) // 2]
+    try:
+        retrieval_figure(folder, rows, int(rows.seed.min()), k, path)
+    except (ValueError, FileNotFoundError, KeyError):
+        return False
+    return True
+
+
+FIGURES = (
+    TaskFigure(
+        "retrievals",
+        "Retrievals from corrupted digits (like the paper's Fig. 2): the corrupted input, "
+        "then each method's binarised output",
+        retrievals,
+    ),
+)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -13,10 +13,12 @@ import argparse
 import json
 import math
 import sys
+from collections.abc import Callable
 from pathlib import Path
 
 import pandas as pd
 
+from rbpbench.problem import TaskFigure
 from rbpbench.results import read, read_curves
 
 # Table 3 of the paper: BPTT's cost over Neumann-RBP's at T = 1000 (one GPU).
@@ -147,6 +149,39 @@ def curve_figure(folder: Path, rows: pd.DataFrame, curve: str, ylabel: str, path
     figure.tight_layout()
     figure.savefig(path, dpi=100)
     plt.close(figure)
+
+
+def _meta_figure(curve: str, ylabel: str) -> Callable[[Path, pd.DataFrame, Path], bool]:
+    def draw(folder: Path, rows: pd.DataFrame, path: Path) -> bool:
+        if not (folder / "curves").exists():
+            return False
+        try:
+            rows = hyperopt_rows(rows)
+            rows = rows[rows.status.isin(["ok", "diverged"])]
+            if not (rows.meta_steps > 0).any():
+                return False
+            curve_figure(folder, rows, curve, ylabel, path)
+        except (ValueError, FileNotFoundError, KeyError):
+            return False
+        return True
+
+    return draw
+
+
+FIGURES = (
+    TaskFigure(
+        "fig4",
+        "Like the paper's Fig. 4: the meta-training loss per meta step, one panel per T and K, "
+        "one line per cell",
+        _meta_figure("meta_loss", "meta training loss"),
+    ),
+    TaskFigure(
+        "fig5",
+        "Like the paper's Fig. 5: the inner training loss at the last meta step, one panel per "
+        "T and K, one line per cell",
+        _meta_figure("inner_train_loss", "training loss, last meta step"),
+    ),
+)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -5,7 +5,9 @@ Writes ``RESULTS_DIR/report.html`` and the figures in ``RESULTS_DIR/report/``
 fonts, no network). Per task: the leaderboard, the gradient error against
 truncation, the trade-off of gradient error against time and memory, every
 curve the cells recorded (see :mod:`rbpbench.curves`) and the task's own
-figures (hopfield: the retrievals); for a folder run with a paper preset, the
+figures, which its plugin gives in ``TaskSpec.figures`` (hopfield: the
+retrievals; a task whose plugin is not installed gets the general figures and
+a note); for a folder run with a paper preset, the
 paper's published figures beside the measured ones.
 
 Every text that comes from the results table or ``environment.json`` is
@@ -21,7 +23,7 @@ import html
 import json
 import re
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from functools import partial
 from pathlib import Path
 
@@ -30,8 +32,10 @@ import pandas as pd
 from rbpbench import curves as curve_convention
 from rbpbench import leaderboard
 from rbpbench.leaderboard import Group
+from rbpbench.plugins import PluginError, Registry, load_registry
+from rbpbench.problem import TaskFigure
 from rbpbench.reports import figures, paper
-from rbpbench.results import DIVERGED, OK, atomic_write
+from rbpbench.results import OK, atomic_write
 
 FIGURES_DIR = "report"
 PAGE = "report.html"
@@ -55,33 +59,14 @@ def anchors(board: list[Group]) -> list[str]:
     return out
 
 
-def _hopfield_retrievals(folder: Path, group: Group, path: Path) -> bool:
-    from rbpbench.reports.hopfield import retrieval_figure
-
-    rows = group.rows[group.rows.status.isin([OK, DIVERGED])]
-    if rows.empty or not (folder / "curves").exists():
-        return False
-    ks = sorted(int(k) for k in rows.truncation.unique())
-    k = 20 if 20 in ks else ks[len(ks) // 2]
-    seed = int(rows.seed.min())
-    try:
-        retrieval_figure(folder, rows, seed, k, path)
-    except (ValueError, FileNotFoundError, KeyError):
-        return False
-    return True
-
-
-# A task may add figures of its own: task name -> (file name, caption, drawer).
-TASK_FIGURES: dict[str, list[tuple[str, str, Callable[[Path, Group, Path], bool]]]] = {
-    "hopfield": [
-        (
-            "retrievals",
-            "Retrievals from corrupted digits (like the paper's Fig. 2): the corrupted input, "
-            "then each method's binarised output",
-            _hopfield_retrievals,
-        )
-    ],
-}
+def task_figures(registry: Registry | None) -> dict[str, Sequence[TaskFigure]]:
+    """Each installed task's own figures (``TaskSpec.figures``), by task name."""
+    if registry is None:
+        try:
+            registry = load_registry(warn=False)
+        except PluginError:
+            return {}
+    return {name: spec.figures for name, (spec, _) in registry.tasks.items()}
 
 
 def _plain_name(name: str) -> bool:
@@ -268,7 +253,9 @@ def _adjoints(group: Group) -> str | None:
     )
 
 
-def _group_section(page: Page, group: Group, slug: str) -> None:
+def _group_section(
+    page: Page, group: Group, slug: str, own: dict[str, Sequence[TaskFigure]]
+) -> None:
     page.add(f'<h2 id="{slug}">{html.escape(group.label)}</h2>')
     page.add(leaderboard.render_html_fragment([group], level=3, with_legend=False))
     page.figure(
@@ -285,15 +272,37 @@ def _group_section(page: Page, group: Group, slug: str) -> None:
         lambda p: figures.tradeoff(group, p),
     )
     data = curve_convention.load(page.folder, [str(c) for c in group.rows.cell_id])
-    for series in curve_convention.series_of(set(data.curve)):
+    for series in curve_convention.series_in(data):
         page.figure(
             f"{slug}-curve-{_slug(series.name)}",
             f"Curve {series.name}: {series.label} against {series.x_label}, per method, one "
             "panel per K; the line is the mean over seeds, the band their range.",
             partial(figures.curve, group, data, series),
         )
-    for name, caption, draw in TASK_FIGURES.get(group.task, []):
-        page.figure(f"{slug}-{name}", caption, partial(draw, page.folder, group))
+    if group.task not in own:
+        page.add(
+            f"<p>The task {html.escape(group.task)} is not installed here (no plugin gives it): "
+            "its own figures, if its plugin has any, are not drawn; the general ones are.</p>"
+        )
+    for task_figure in own.get(group.task, ()):
+        page.figure(
+            f"{slug}-{_slug(task_figure.name) or 'figure'}",
+            task_figure.caption,
+            partial(_task_figure, page, task_figure, group),
+        )
+
+
+def _task_figure(page: Page, task_figure: TaskFigure, group: Group, path: Path) -> bool:
+    """Draw a task's own figure; a plugin's drawing that fails leaves a note, not a failed report."""
+    try:
+        return bool(task_figure.draw(page.folder, group.rows, path))
+    except Exception as exc:  # a plugin's code: whatever it raises, the report goes on
+        page.add(
+            f"<p>The figure {html.escape(task_figure.name)} of the task "
+            f"{html.escape(group.task)} could not be drawn: "
+            f"{html.escape(type(exc).__name__ + ': ' + _first_line(str(exc)))}</p>"
+        )
+        return False
 
 
 def _figures_folder(path: Path) -> None:
@@ -304,10 +313,13 @@ def _figures_folder(path: Path) -> None:
     path.mkdir(parents=True, exist_ok=True)
 
 
-def write(folder: Path, frame: pd.DataFrame | None = None) -> Path:
+def write(
+    folder: Path, frame: pd.DataFrame | None = None, registry: Registry | None = None
+) -> Path:
     """Write the report of a results folder (of ``frame``, its table, when given); returns the
-    page's path. OSError where the folder cannot be written; TableError for a table the
-    leaderboard cannot read (:func:`rbpbench.leaderboard.prepared`)."""
+    page's path. The tasks' own figures come from ``registry`` (None: the installed plugins).
+    OSError where the folder cannot be written; TableError for a table the leaderboard cannot
+    read (:func:`rbpbench.leaderboard.prepared`)."""
     frame = leaderboard.prepared(
         pd.read_parquet(folder / "results.parquet") if frame is None else frame
     )
@@ -326,6 +338,12 @@ def write(folder: Path, frame: pd.DataFrame | None = None) -> Path:
         )
         + ".</p>"
     )
+    if not (folder / "curves").is_dir():
+        page.add(
+            "<p>This folder has no <code>curves/</code> (the reference results are committed "
+            "without them): the report draws no curves and none of the figures the tasks "
+            "draw from them.</p>"
+        )
     convergence = _convergence(board)
     if convergence:
         page.add(convergence)
@@ -333,8 +351,9 @@ def write(folder: Path, frame: pd.DataFrame | None = None) -> Path:
     if comparisons:
         page.add("<h2>Comparison with the paper</h2>" + comparisons)
     page.add(leaderboard.legend_html(board))
+    own = task_figures(registry)
     for group, slug in zip(board, slugs, strict=True):
-        _group_section(page, group, slug)
+        _group_section(page, group, slug, own)
     page.add("<h2>Cells not ok</h2>" + _failures(frame))
     page.add("<h2>Environment</h2>" + _environment(folder, frame))
     path = folder / PAGE

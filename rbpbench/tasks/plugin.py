@@ -8,6 +8,9 @@ import torch
 
 from rbpbench.hookspecs import hookimpl
 from rbpbench.problem import TaskSpec
+from rbpbench.reports import citation as citation_report
+from rbpbench.reports import hopfield as hopfield_report
+from rbpbench.reports import hyperopt as hyperopt_report
 from rbpbench.tasks import citation, contractive, hopfield, hyperopt
 
 
@@ -30,6 +33,7 @@ def rbpbench_tasks() -> list[TaskSpec]:
             dtype=torch.float32,
             train=hopfield.train,
             check=hopfield.check,
+            figures=hopfield_report.FIGURES,
         ),
         *(
             TaskSpec(
@@ -41,6 +45,7 @@ def rbpbench_tasks() -> list[TaskSpec]:
                 dtype=torch.float32,
                 train=task.train,
                 check=task.check,
+                figures=citation_report.FIGURES,
             )
             for task in (citation.CORA, citation.CITESEER, citation.PUBMED)
         ),
@@ -52,6 +57,7 @@ def rbpbench_tasks() -> list[TaskSpec]:
             dtype=torch.float32,
             train=hyperopt.train,
             check=hyperopt.check,
+            figures=hyperopt_report.FIGURES,
             # Its recurrent network is SGD itself: the weights keep moving, there is no fixed
             # point to reach, and its rows say "not checked" rather than "did not converge".
             forward_converges=False,
