@@ -28,7 +28,7 @@ from rbpbench.config import OPTIONS, SweepSettings, UsageError
 from rbpbench.data import DATA_DIR_ENV
 from rbpbench.executors import usable_cores
 from rbpbench.plugins import PluginConfig, PluginError, Registry, load_registry
-from rbpbench.results import ResultsFolder
+from rbpbench.results import RESULTS_CSV, RESULTS_PARQUET, ResultsFolder
 from rbpbench.sweep import Sweep
 
 if TYPE_CHECKING:
@@ -308,7 +308,7 @@ def load(folder: Folder) -> pd.DataFrame:
     results = ResultsFolder(path)
     if results.source is None:
         raise FileNotFoundError(
-            f"{path} holds no rbpbench results (results.parquet or results.csv)"
+            f"{path} holds no rbpbench results ({RESULTS_PARQUET} or {RESULTS_CSV})"
         )
     frame = results.frame()
     frame.attrs["out"] = str(path)

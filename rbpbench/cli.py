@@ -23,7 +23,14 @@ from rbpbench.plugins import (
     one_line,
     plugin_statuses,
 )
-from rbpbench.results import StorageError
+from rbpbench.results import (
+    REPORT_DIR,
+    REPORT_PAGE,
+    RESULTS_CSV,
+    RESULTS_PARQUET,
+    StorageError,
+    read_table,
+)
 from rbpbench.sweep import Sweep
 
 # Exit status of a sweep that stopped because a results file could not be written.
@@ -180,16 +187,20 @@ def results_table(folder: str) -> Any:
     """The results table of a folder as the leaderboard reads it (:func:`leaderboard.prepared`),
     or a UsageError that says what is wrong with it. Repeated cell ids: a warning on stderr,
     and the last row of each is kept."""
-    from rbpbench.results import read
-
     path = Path(folder)
-    table = path / "results.parquet"
-    if not table.is_file():
-        raise UsageError(f"{path} holds no results table (results.parquet); run rbpbench run first")
+    # results.parquet, else results.csv: the file read_table reads
+    table = path / RESULTS_PARQUET
+    if not table.exists() and (path / RESULTS_CSV).exists():
+        table = path / RESULTS_CSV
     try:
-        frame = read(path)
+        found = read_table(path)
     except Exception as exc:
         raise UsageError(f"{table} cannot be read: {exc}") from None
+    if found is None:
+        raise UsageError(
+            f"{path} holds no results table ({RESULTS_PARQUET}); run rbpbench run first"
+        )
+    frame = found[0]
     try:
         repeated = leaderboard.duplicate_cells(frame) if "cell_id" in frame else []
         frame = leaderboard.prepared(frame)
@@ -338,7 +349,8 @@ def make_parser() -> argparse.ArgumentParser:
     board.add_argument("--format", choices=leaderboard.FORMATS, default="text")
     board.set_defaults(handler=command_leaderboard)
     report = commands.add_parser(
-        "report", help="write RESULTS_DIR/report.html with its figures in RESULTS_DIR/report/"
+        "report",
+        help=f"write RESULTS_DIR/{REPORT_PAGE} with its figures in RESULTS_DIR/{REPORT_DIR}/",
     )
     report.add_argument("results", metavar="RESULTS_DIR")
     report.set_defaults(handler=command_report)

@@ -38,7 +38,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from rbpbench.results import read_curves
+from rbpbench.results import CURVES_DIR, read_curves
 
 X_SUFFIXES = ("_epoch", "_step", "_x")
 NOT_SERIES_PREFIXES = ("image_", "raw_")
@@ -110,7 +110,7 @@ def load(folder: Path, cell_ids: list[str]) -> pd.DataFrame:
     """The curves of these cells in one long frame (``cell_id, curve, step, value``)."""
     frames = []
     for cell_id in cell_ids:
-        path = folder / "curves" / f"{cell_id}.parquet"
+        path = folder / CURVES_DIR / f"{cell_id}.parquet"
         if path.exists():
             frames.append(read_curves(folder, cell_id).assign(cell_id=cell_id))
     if not frames:

@@ -31,10 +31,19 @@ from rbpbench import curves as curve_convention
 from rbpbench import leaderboard
 from rbpbench.leaderboard import Group
 from rbpbench.reports import figures, paper
-from rbpbench.results import DIVERGED, OK, atomic_write
+from rbpbench.results import (
+    CURVES_DIR,
+    DIVERGED,
+    ENVIRONMENT_FILE,
+    OK,
+    REPORT_DIR,
+    REPORT_PAGE,
+    atomic_write,
+    read,
+)
 
-FIGURES_DIR = "report"
-PAGE = "report.html"
+FIGURES_DIR = REPORT_DIR
+PAGE = REPORT_PAGE
 MANIFEST = ".rbpbench-report.json"
 
 
@@ -59,7 +68,7 @@ def _hopfield_retrievals(folder: Path, group: Group, path: Path) -> bool:
     from rbpbench.reports.hopfield import retrieval_figure
 
     rows = group.rows[group.rows.status.isin([OK, DIVERGED])]
-    if rows.empty or not (folder / "curves").exists():
+    if rows.empty or not (folder / CURVES_DIR).exists():
         return False
     ks = sorted(int(k) for k in rows.truncation.unique())
     k = 20 if 20 in ks else ks[len(ks) // 2]
@@ -158,7 +167,7 @@ def _runs(path: Path) -> dict[str, dict[str, object]]:
 
 
 def _environment(folder: Path, frame: pd.DataFrame) -> str:
-    path = folder / "environment.json"
+    path = folder / ENVIRONMENT_FILE
     if not path.exists():
         return "<p>No environment.json in this folder.</p>"
     try:
@@ -308,9 +317,7 @@ def write(folder: Path, frame: pd.DataFrame | None = None) -> Path:
     """Write the report of a results folder (of ``frame``, its table, when given); returns the
     page's path. OSError where the folder cannot be written; TableError for a table the
     leaderboard cannot read (:func:`rbpbench.leaderboard.prepared`)."""
-    frame = leaderboard.prepared(
-        pd.read_parquet(folder / "results.parquet") if frame is None else frame
-    )
+    frame = leaderboard.prepared(read(folder) if frame is None else frame)
     page = Page(folder)
     _figures_folder(page.figures)
     statuses = Counter(str(s) for s in frame.status)
