@@ -24,11 +24,11 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from rbpbench import config
-from rbpbench.config import SweepSettings, UsageError
+from rbpbench.config import OPTIONS, SweepSettings, UsageError
 from rbpbench.data import DATA_DIR_ENV
 from rbpbench.executors import usable_cores
 from rbpbench.plugins import PluginConfig, PluginError, Registry, load_registry
-from rbpbench.results import ResultsFolder
+from rbpbench.results import RESULTS_CSV, RESULTS_PARQUET, ResultsFolder
 from rbpbench.sweep import Sweep
 
 if TYPE_CHECKING:
@@ -200,20 +200,6 @@ def execute(sweep: Sweep, *, progress: bool = True) -> None:
 # -- the notebook API ---------------------------------------------------------------------
 
 
-def listed(value: Any) -> Any:
-    """A tuple, range or other sequence as the list the settings take."""
-    if isinstance(value, Sequence) and not isinstance(value, str | list):
-        return list(value)
-    return value
-
-
-def seed_list(value: Any) -> Any:
-    """Seeds as the settings take them; a range as ``A-B``, which is never expanded."""
-    if isinstance(value, range) and value.step == 1 and len(value):
-        return f"{value.start}-{value.stop - 1}"
-    return listed(value)
-
-
 def fresh_folder() -> Path:
     """A new folder under the temporary directory (not made yet: a refused sweep leaves none)."""
     stamp = time.strftime("%Y%m%d-%H%M%S")
@@ -269,6 +255,10 @@ def run(
     when a results file cannot be written (the cells stored before stay).
     KeyboardInterrupt stops the sweep with every finished cell stored.
     """
+    given = locals()  # the keywords, before any other name is bound here
+    # A keyword per setting the command takes as a flag, named as the setting (a test checks
+    # the signature against config.OPTIONS).
+    flags = {s.key: s.python_value(given[s.key]) for s in OPTIONS}
     refuse_empty(out, data_dir)
     with data_root(data_dir):
         chosen = plugin_config(as_names(plugins), as_names(disable_plugins))
@@ -276,19 +266,6 @@ def run(
             registry = load_registry(chosen)
         except PluginError as exc:
             raise UsageError(str(exc)) from exc
-        flags = {
-            "tasks": listed(tasks),
-            "methods": listed(methods),
-            "truncation": listed(truncation),
-            "seeds": seed_list(seeds),
-            "device": listed(device),
-            "jobs": jobs,
-            "timeout": timeout,
-            "executor": executor,
-            "address": address,
-            "cpus_per_cell": cpus_per_cell,
-            "gpus_per_cell": gpus_per_cell,
-        }
         settings = resolve_sweep(
             registry,
             flags=flags,
@@ -331,7 +308,7 @@ def load(folder: Folder) -> pd.DataFrame:
     results = ResultsFolder(path)
     if results.source is None:
         raise FileNotFoundError(
-            f"{path} holds no rbpbench results (results.parquet or results.csv)"
+            f"{path} holds no rbpbench results ({RESULTS_PARQUET} or {RESULTS_CSV})"
         )
     frame = results.frame()
     frame.attrs["out"] = str(path)

@@ -23,7 +23,14 @@ from rbpbench.plugins import (
     one_line,
     plugin_statuses,
 )
-from rbpbench.results import StorageError
+from rbpbench.results import (
+    REPORT_DIR,
+    REPORT_PAGE,
+    RESULTS_CSV,
+    RESULTS_PARQUET,
+    StorageError,
+    read_table,
+)
 from rbpbench.sweep import Sweep
 
 # Exit status of a sweep that stopped because a results file could not be written.
@@ -57,20 +64,8 @@ def plugin_config(args: argparse.Namespace) -> PluginConfig:
 
 
 def flags_of(args: argparse.Namespace) -> dict[str, Any]:
-    """The settings given as flags (None: not given)."""
-    return {
-        "tasks": args.tasks,
-        "methods": args.methods,
-        "truncation": args.truncation,
-        "seeds": args.seeds,
-        "device": args.device,
-        "jobs": args.jobs,
-        "timeout": args.timeout,
-        "executor": args.executor,
-        "address": args.address,
-        "cpus_per_cell": args.cpus_per_cell,
-        "gpus_per_cell": args.gpus_per_cell,
-    }
+    """The settings given as flags (None: not given), one per :data:`config.OPTIONS`."""
+    return {s.key: getattr(args, s.key) for s in config.OPTIONS}
 
 
 def dry_run(settings: config.SweepSettings) -> int:
@@ -192,16 +187,20 @@ def results_table(folder: str) -> Any:
     """The results table of a folder as the leaderboard reads it (:func:`leaderboard.prepared`),
     or a UsageError that says what is wrong with it. Repeated cell ids: a warning on stderr,
     and the last row of each is kept."""
-    from rbpbench.results import read
-
     path = Path(folder)
-    table = path / "results.parquet"
-    if not table.is_file():
-        raise UsageError(f"{path} holds no results table (results.parquet); run rbpbench run first")
+    # results.parquet, else results.csv: the file read_table reads
+    table = path / RESULTS_PARQUET
+    if not table.exists() and (path / RESULTS_CSV).exists():
+        table = path / RESULTS_CSV
     try:
-        frame = read(path)
+        found = read_table(path)
     except Exception as exc:
         raise UsageError(f"{table} cannot be read: {exc}") from None
+    if found is None:
+        raise UsageError(
+            f"{path} holds no results table ({RESULTS_PARQUET}); run rbpbench run first"
+        )
+    frame = found[0]
     try:
         repeated = leaderboard.duplicate_cells(frame) if "cell_id" in frame else []
         frame = leaderboard.prepared(frame)
@@ -255,31 +254,7 @@ def add_plugin_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--disable-plugin", action="append", metavar="NAME")
 
 
-def make_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog="rbpbench", description="Benchmark gradient methods of convergent recurrent networks."
-    )
-    commands = parser.add_subparsers(dest="command", required=True)
-    run = commands.add_parser("run", help="run a sweep and print its leaderboard")
-    d = config.DEFAULTS
-    run.add_argument("--suite", help="a shipped preset (see rbpbench list)")
-    run.add_argument(
-        "--config",
-        help="a TOML file of settings (UTF-8); flags override it; its [task_params.NAME], "
-        "[method_params.NAME] and [task_grid.NAME] tables must name installed tasks and methods",
-    )
-    run.add_argument("--tasks", help=f"comma-separated (default {d['tasks']})")
-    run.add_argument("--methods", help=f"comma-separated (default {d['methods']})")
-    run.add_argument(
-        "--truncation",
-        help=f"K values, whole numbers from 1 to 2**63-1 (default {d['truncation']})",
-    )
-    run.add_argument(
-        "--seeds",
-        help=f"e.g. 0-4 or 0,3, from 0 to 2**63-1 (default {d['seeds']}); a sweep may have "
-        f"at most {config.MAX_CELLS:,} cells",
-    )
-    run.add_argument("--device", help="cpu, cuda, cuda:N, comma-separated (default cpu)")
+def add_task_param(run: argparse.ArgumentParser) -> None:
     run.add_argument(
         "--task-param",
         action="append",
@@ -288,6 +263,9 @@ def make_parser() -> argparse.ArgumentParser:
         help="a task parameter (VALUE read as JSON, else a string, and checked against the "
         "default's type): for every selected task that has KEY, or only for TASK",
     )
+
+
+def add_method_param(run: argparse.ArgumentParser) -> None:
     run.add_argument(
         "--method-param",
         action="append",
@@ -295,36 +273,36 @@ def make_parser() -> argparse.ArgumentParser:
         metavar="[METHOD.]KEY=VALUE",
         help="a method parameter: for every selected method that has KEY, or only for METHOD",
     )
-    run.add_argument(
-        "--jobs",
-        help="worker processes of the local executor (default 1); never more are started than "
-        "cells are left to run, "
-        f"and more than the usable cores ({usable_cores()} here) only makes them compete",
+
+
+# The flags that write into a parameter table, placed among the options where the table's
+# setting is declared.
+PARAM_OPTIONS = {"task_params": add_task_param, "method_params": add_method_param}
+
+
+def make_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="rbpbench", description="Benchmark gradient methods of convergent recurrent networks."
     )
+    commands = parser.add_subparsers(dest="command", required=True)
+    run = commands.add_parser("run", help="run a sweep and print its leaderboard")
+    run.add_argument("--suite", help="a shipped preset (see rbpbench list)")
     run.add_argument(
-        "--timeout",
-        help=f"seconds per cell before its worker is killed (default {d['timeout']}; "
-        "0 or none: no limit)",
+        "--config",
+        help="a TOML file of settings (UTF-8); flags override it; its [task_params.NAME], "
+        "[method_params.NAME] and [task_grid.NAME] tables must name installed tasks and methods",
     )
-    run.add_argument(
-        "--executor",
-        help="where cells run: local (worker processes here, the default) or ray (docs/ray.md)",
-    )
-    run.add_argument(
-        "--address",
-        metavar="HOST:PORT",
-        help="with --executor ray: the Ray cluster to join (default: start a local Ray instance)",
-    )
-    run.add_argument(
-        "--cpus-per-cell",
-        metavar="N",
-        help=f"with --executor ray: CPUs a cell asks Ray for (default {d['cpus_per_cell']})",
-    )
-    run.add_argument(
-        "--gpus-per-cell",
-        metavar="N",
-        help=f"with --executor ray: GPUs a cuda cell asks Ray for, e.g. 0.5 (default {d['gpus_per_cell']})",
-    )
+    cores = usable_cores()
+    for setting in config.SETTINGS:
+        if setting.flag is not None:
+            run.add_argument(
+                setting.flag,
+                dest=setting.key,
+                metavar=setting.metavar,
+                help=setting.help_text(cores=cores),
+            )
+        if setting.key in PARAM_OPTIONS:
+            PARAM_OPTIONS[setting.key](run)
     run.add_argument(
         "--out",
         help="results folder (default results/run-<time>); an earlier sweep's folder resumes it",
@@ -371,7 +349,8 @@ def make_parser() -> argparse.ArgumentParser:
     board.add_argument("--format", choices=leaderboard.FORMATS, default="text")
     board.set_defaults(handler=command_leaderboard)
     report = commands.add_parser(
-        "report", help="write RESULTS_DIR/report.html with its figures in RESULTS_DIR/report/"
+        "report",
+        help=f"write RESULTS_DIR/{REPORT_PAGE} with its figures in RESULTS_DIR/{REPORT_DIR}/",
     )
     report.add_argument("results", metavar="RESULTS_DIR")
     report.set_defaults(handler=command_report)

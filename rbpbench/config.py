@@ -33,30 +33,159 @@ else:  # pragma: no cover
     import tomli as tomllib
 from rbpbench.results import STATUSES
 
-KEYS = {
-    "description",
-    "tasks",
-    "methods",
-    "truncation",
-    "seeds",
-    "device",
-    "jobs",
-    "timeout",
-    "task_params",
-    "method_params",
-    "task_grid",
-    "executor",
-    "address",
-    "cpus_per_cell",
-    "gpus_per_cell",
-}
-TABLES = ("task_params", "method_params", "task_grid")
 EXECUTORS = ("local", "ray")
 # The most cells one sweep may have; counted from the settings before any cell is made.
 MAX_CELLS = 1_000_000
 # The largest truncation or seed: the results table stores both as int64. (torch's
 # Generator.manual_seed takes up to 2**64 - 1, so int64 is the tighter bound.)
 INT64_MAX = 2**63 - 1
+
+
+def listed(value: Any) -> Any:
+    """A tuple, range or other sequence as the list the settings take."""
+    if isinstance(value, Sequence) and not isinstance(value, str | list):
+        return list(value)
+    return value
+
+
+def seed_list(value: Any) -> Any:
+    """Seeds as the settings take them; a range as ``A-B``, which is never expanded."""
+    if isinstance(value, range) and value.step == 1 and len(value):
+        return f"{value.start}-{value.stop - 1}"
+    return listed(value)
+
+
+@dataclass(frozen=True)
+class Setting:
+    """One setting of a sweep, declared once: a key of a suite or ``--config`` file, a
+    keyword of ``rbpbench.run``, and (``option``) a flag of ``rbpbench run``.
+
+    ``default`` (None: none) goes into :data:`DEFAULTS`; ``field`` is the
+    :class:`SweepSettings` field :func:`resolve` checks it into (None: none, as
+    for ``description``); ``help`` is the flag's help text, in which
+    ``{default}``, ``{max_cells}`` and ``{cores}`` (the usable cores, which the
+    command line fills in) are replaced; ``from_python`` turns a notebook
+    value (a tuple, a range) into what the settings take. A ``table`` holds one
+    table per task or method name and has no flag of its own (``--task-param``
+    and ``--method-param`` write into the parameter tables).
+    """
+
+    key: str
+    default: Any = None
+    option: bool = True
+    help: str = ""
+    metavar: str | None = None
+    field: str | None = None
+    from_python: Callable[[Any], Any] | None = None
+    table: bool = False
+
+    @property
+    def flag(self) -> str | None:
+        """The option of ``rbpbench run``: ``--`` and the key with dashes; None for a file-only key."""
+        return "--" + self.key.replace("_", "-") if self.option else None
+
+    def help_text(self, **context: Any) -> str:
+        return self.help.format(default=self.default, max_cells=MAX_CELLS, **context)
+
+    def python_value(self, value: Any) -> Any:
+        """A value given to ``rbpbench.run`` as the settings take it (None stays None)."""
+        if value is None or self.from_python is None:
+            return value
+        return self.from_python(value)
+
+
+# The settings of a sweep, in the order of ``rbpbench run --help``. KEYS, DEFAULTS, TABLES,
+# the command's options and their mapping to settings, and rbpbench.run's keywords all
+# come from here; SweepSettings' fields are checked against it by the tests.
+SETTINGS: tuple[Setting, ...] = (
+    Setting("description", option=False),
+    Setting(
+        "tasks",
+        "contractive-rnn",
+        help="comma-separated (default {default})",
+        field="tasks",
+        from_python=listed,
+    ),
+    Setting(
+        "methods",
+        # the paper's five; installed plugins' methods run when named
+        "bptt,tbptt,rbp,cg-rbp,neumann-rbp",
+        help="comma-separated (default {default})",
+        field="methods",
+        from_python=listed,
+    ),
+    Setting(
+        "truncation",
+        "10,20,30",
+        help="K values, whole numbers from 1 to 2**63-1 (default {default})",
+        field="truncations",
+        from_python=listed,
+    ),
+    Setting(
+        "seeds",
+        "0-2",
+        help="e.g. 0-4 or 0,3, from 0 to 2**63-1 (default {default}); a sweep may have "
+        "at most {max_cells:,} cells",
+        field="seeds",
+        from_python=seed_list,
+    ),
+    Setting(
+        "device",
+        "cpu",
+        help="cpu, cuda, cuda:N, comma-separated (default {default})",
+        field="devices",
+        from_python=listed,
+    ),
+    Setting("task_params", option=False, field="task_params", table=True),
+    Setting("method_params", option=False, field="method_params", table=True),
+    Setting("task_grid", option=False, field="task_grid", table=True),
+    Setting(
+        "jobs",
+        1,
+        help="worker processes of the local executor (default {default}); never more are "
+        "started than cells are left to run, and more than the usable cores ({cores} here) "
+        "only makes them compete",
+        field="jobs",
+    ),
+    Setting(
+        "timeout",
+        3600,
+        help="seconds per cell before its worker is killed (default {default}; "
+        "0 or none: no limit)",
+        field="timeout",
+    ),
+    Setting(
+        "executor",
+        "local",
+        help="where cells run: local (worker processes here, the default) or ray (docs/ray.md)",
+        field="executor",
+    ),
+    Setting(
+        "address",
+        metavar="HOST:PORT",
+        help="with --executor ray: the Ray cluster to join (default: start a local Ray instance)",
+        field="address",
+    ),
+    Setting(
+        "cpus_per_cell",
+        1,
+        metavar="N",
+        help="with --executor ray: CPUs a cell asks Ray for (default {default})",
+        field="cpus_per_cell",
+    ),
+    Setting(
+        "gpus_per_cell",
+        1,
+        metavar="N",
+        help="with --executor ray: GPUs a cuda cell asks Ray for, e.g. 0.5 (default {default})",
+        field="gpus_per_cell",
+    ),
+)
+KEYS = {s.key for s in SETTINGS}
+TABLES = tuple(s.key for s in SETTINGS if s.table)
+# The settings the command line takes as flags (and rbpbench.run as keywords of the same name).
+OPTIONS = tuple(s for s in SETTINGS if s.option)
+DEFAULTS: dict[str, Any] = {s.key: s.default for s in SETTINGS if s.default is not None}
 
 
 class UsageError(ValueError):
@@ -451,21 +580,6 @@ def check_cell_count(count: int) -> None:
             f"the sweep has {count:,} cells, over the limit of {MAX_CELLS:,} per sweep; "
             "ask for fewer seeds, truncations, methods, tasks, devices or grid values"
         )
-
-
-DEFAULTS: dict[str, Any] = {
-    "tasks": "contractive-rnn",
-    # the paper's five; installed plugins' methods run when named
-    "methods": "bptt,tbptt,rbp,cg-rbp,neumann-rbp",
-    "truncation": "10,20,30",
-    "seeds": "0-2",
-    "device": "cpu",
-    "jobs": 1,
-    "timeout": 3600,
-    "executor": "local",
-    "cpus_per_cell": 1,
-    "gpus_per_cell": 1,
-}
 
 
 def parse_executor(

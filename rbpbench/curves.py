@@ -49,6 +49,7 @@ from pathlib import Path
 import pandas as pd
 
 from rbpbench.problem import Curve, Curves
+from rbpbench.results import CURVES_DIR
 
 X_SUFFIXES = ("_epoch", "_step", "_x")
 NOT_SERIES_PREFIXES = ("image_", "raw_")
@@ -208,7 +209,7 @@ def load(folder: Path, cell_ids: list[str]) -> pd.DataFrame:
     x_label``)."""
     frames = []
     for cell_id in cell_ids:
-        path = folder / "curves" / f"{cell_id}.parquet"
+        path = folder / CURVES_DIR / f"{cell_id}.parquet"
         if path.exists():
             frames.append(read(folder, cell_id).assign(cell_id=cell_id))
     if not frames:

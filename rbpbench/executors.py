@@ -1,7 +1,7 @@
 """Where cells run: behind one small interface, so another engine can replace the local pool.
 
-An executor takes cells and calls ``on_row`` with one row per cell, whatever
-happens to the cell: the row of a cell whose worker had to be killed at the
+An executor takes cells and calls ``on_row`` with one :class:`~rbpbench.results.CellOutcome`
+per cell (its row, and its curves beside it), whatever happens to the cell: the row of a cell whose worker had to be killed at the
 time limit says ``timeout``; one whose worker died says ``crashed``.
 """
 
@@ -17,15 +17,15 @@ import threading
 import time
 from collections import deque
 from collections.abc import Callable, Iterator, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from multiprocessing.connection import Connection, wait
 from typing import Any, Protocol
 
 from rbpbench.cells import Cell, identity_row
 from rbpbench.plugins import PluginConfig, Registry, load_registry
-from rbpbench.results import CRASHED, TIMEOUT
+from rbpbench.results import CRASHED, TIMEOUT, CellOutcome
 
-RowCallback = Callable[[dict[str, Any]], None]
+RowCallback = Callable[[CellOutcome], None]
 
 
 class Executor(Protocol):
@@ -122,7 +122,7 @@ def worker_main(setup: WorkerSetup, connection: Connection) -> None:
     try:
         connection.send(("ready", None))
         while (cell := connection.recv()) is not None:
-            connection.send(("row", runner.run(cell)))
+            connection.send(("row", runner.run(cell)))  # a CellOutcome
     except (EOFError, BrokenPipeError):
         return  # the driver is gone (killed or interrupted): nothing is left to report to
 
@@ -184,12 +184,12 @@ class LocalPool:
         child.close()
         return Worker(process, parent)
 
-    def _failure_row(self, cell: Cell, status: str, error: str, started: float) -> dict[str, Any]:
+    def _failure_row(self, cell: Cell, status: str, error: str, started: float) -> CellOutcome:
         row = identity_row(cell, self.registry, self.run_id)
         row.update(
             status=status, error=error, cell_time_s=time.monotonic() - started, node=self.node
         )
-        return row
+        return CellOutcome(row)
 
     def run(self, cells: Sequence[Cell], on_row: RowCallback) -> None:
         pending = deque(cells)
@@ -240,7 +240,7 @@ class LocalPool:
             elif kind == "row":
                 w.cell, w.deadline = None, float("inf")
                 # Not guarded: a row that cannot be stored must stop the sweep.
-                on_row({**payload, "node": self.node})
+                on_row(replace(payload, row={**payload.row, "node": self.node}))
         if w.cell is not None and not w.process.is_alive():
             error = f"the worker process died while running the cell ({signal_name(w.process.exitcode)})"
             on_row(self._failure_row(w.cell, CRASHED, error, w.started))

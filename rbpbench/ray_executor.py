@@ -36,7 +36,7 @@ from rbpbench.data import DATA_DIR_ENV
 from rbpbench.environment import machine_environment, plugin_versions
 from rbpbench.executors import LocalPool, RowCallback
 from rbpbench.plugins import PluginConfig, Registry, load_registry
-from rbpbench.results import CRASHED, ERROR, NODE_ENVIRONMENT_KEY, OOM, SKIPPED
+from rbpbench.results import CRASHED, ERROR, OOM, SKIPPED, CellOutcome
 
 RAY_MISSING = (
     "--executor ray needs Ray, which is not installed: pip install 'rbpbench[ray]' "
@@ -96,8 +96,9 @@ def identity_problem(cell: Cell, registry: Registry, expected: dict[str, Any]) -
     return None
 
 
-def run_cell_task(job: RayJob, cell: Cell, expected: dict[str, Any]) -> dict[str, Any]:
-    """The body of a cell's Ray task, on whatever node Ray chose: the cell's row, from a local pool."""
+def run_cell_task(job: RayJob, cell: Cell, expected: dict[str, Any]) -> CellOutcome:
+    """The body of a cell's Ray task, on whatever node Ray chose: the cell's outcome, from a
+    local pool, with this node's description beside it."""
     import ray
 
     node_id = ray.get_runtime_context().get_node_id()
@@ -122,13 +123,14 @@ def run_cell_task(job: RayJob, cell: Cell, expected: dict[str, Any]) -> dict[str
         )
     problem = identity_problem(cell, pool.registry, expected)
     if problem:
-        row = {**expected, "status": ERROR, "error": f"on node {node}: {problem}", "node": node}
+        error = f"on node {node}: {problem}"
+        outcome = CellOutcome({**expected, "status": ERROR, "error": error, "node": node})
     else:
-        rows: list[dict[str, Any]] = []
-        pool.run([cell], rows.append)
-        (row,) = rows
-    row[NODE_ENVIRONMENT_KEY] = dict(_node_environment)
-    return row
+        outcomes: list[CellOutcome] = []
+        pool.run([cell], outcomes.append)
+        (outcome,) = outcomes
+    outcome.node_environment = dict(_node_environment)
+    return outcome
 
 
 CONNECT_LIMIT_S = 120.0
@@ -257,7 +259,7 @@ class RayExecutor:
             request = self.request(cell)
             if "GPU" in request and not fits(request, nodes):
                 error = f"no node of the Ray cluster has {describe(request)} for a CUDA cell"
-                on_row({**identity, "status": SKIPPED, "error": error})
+                on_row(CellOutcome({**identity, "status": SKIPPED, "error": error}))
                 continue
             ref = remote.options(
                 num_cpus=request["CPU"],
@@ -275,13 +277,13 @@ class RayExecutor:
             if not ready:
                 self.drop_unplaceable(pending, on_row)
 
-    def collect(self, ref: Any, identity: dict[str, Any]) -> dict[str, Any]:
-        """A finished task's row; a task that failed as a whole gives a row saying why."""
+    def collect(self, ref: Any, identity: dict[str, Any]) -> CellOutcome:
+        """A finished task's outcome; a task that failed as a whole gives a row saying why."""
         ray = self._ray
         assert ray is not None
         try:
-            row: dict[str, Any] = ray.get(ref)
-            return row
+            outcome: CellOutcome = ray.get(ref)
+            return outcome
         except ray.exceptions.RayTaskError as exc:
             cause = exc.cause if isinstance(exc.cause, BaseException) else exc
             status, error = ERROR, f"the cell's Ray task failed: {first_line(cause)}"
@@ -290,7 +292,7 @@ class RayExecutor:
         except ray.exceptions.RayError as exc:
             status = CRASHED
             error = f"the Ray worker or node running the cell was lost: {first_line(exc)}"
-        return {**identity, "status": status, "error": error}
+        return CellOutcome({**identity, "status": status, "error": error})
 
     def drop_unplaceable(
         self, pending: dict[Any, tuple[dict[str, Any], dict[str, float]]], on_row: RowCallback
@@ -306,4 +308,4 @@ class RayExecutor:
                 error = (
                     f"no live node of the Ray cluster has {describe(request)} for the cell any more"
                 )
-                on_row({**identity, "status": CRASHED, "error": error})
+                on_row(CellOutcome({**identity, "status": CRASHED, "error": error}))

@@ -15,6 +15,7 @@ from __future__ import annotations
 import contextlib
 import os
 from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -37,142 +38,232 @@ OK, DIVERGED, TIMEOUT, ERROR, OOM, CRASHED, SKIPPED = (
 STATUSES = (OK, DIVERGED, TIMEOUT, ERROR, OOM, CRASHED, SKIPPED)
 FAILED = (TIMEOUT, ERROR, OOM, CRASHED, SKIPPED)
 
-# Column name -> meaning. The order is the order of the files.
-COLUMNS: dict[str, str] = {
-    "cell_id": "hash of the cell's identity (task, method, their parameters, K, seed, device, dtype, versions)",
-    "run_id": "identifier of the sweep invocation that produced the row (see environment.json)",
-    "task": "task name",
-    "task_params": "task parameters as JSON (defaults merged)",
-    "method": "gradient method name",
-    "method_params": "method parameters as JSON (defaults merged)",
-    "truncation": "K: Jacobian products (RBP family, TBPTT) or solver iterations allowed",
-    "seed": "seed of the problem",
-    "device": "cpu or cuda[:i]",
-    "dtype": "floating-point type of the problem",
-    "status": "ok | diverged | timeout | error | oom | crashed | skipped",
-    "error": "why the cell is not ok: message and last frame (empty when ok)",
-    "loss": "loss on the final state",
-    "grad_rel_error": "||g - g_bptt|| / ||g_bptt|| on w_F, same problem",
-    "grad_cosine": "cosine between g and g_bptt on w_F",
-    "grad_rel_error_g": "||g - g_bptt|| / ||g_bptt|| on w_G (readout)",
-    "grad_rel_error_total": "||g - g_bptt|| / ||g_bptt|| on w_F and w_G together",
-    "grad_cosine_total": "cosine between g and g_bptt on w_F and w_G together",
-    "grad_rel_error_exact": "||g - g_exact|| / ||g_exact|| on w_F (NaN if the task has no exact gradient)",
-    "spectral_radius": "spectral radius of J at h_{T-1} (of the first adjoint step where the problem names some), from J^T v products: dense eigenvalues up to 512 state numbers, else ARPACK Arnoldi (docs/measurement.md)",
-    "wall_time_s": "median wall time of the gradient computation (timing pass, no profiler)",
-    "timing_repeats": "how many timed repeats the median is over",
-    "peak_memory_bytes": "peak memory of the gradient computation above the baseline (memory pass, garbage collected first)",
-    "memory_method": "how peak_memory_bytes was measured: memray or cuda-allocator",
-    "cell_time_s": "wall time of the whole cell: problem, references, all passes",
-    "train_loss_initial": "training tasks: loss before the first update",
-    "train_loss_final": "training tasks: loss after the last update",
-    "success": "training tasks: the task's success criterion (hopfield: final loss < 50% of initial)",
-    "retrieval_error": "hopfield: fraction of wrong output pixels retrieving the clean images from corrupted ones",
-    "val_accuracy": "best validation accuracy (classification tasks)",
-    "test_accuracy": "test accuracy at the epoch of best validation accuracy",
-    "epochs": "training epochs (or meta steps) run",
-    "train_time_s": "wall time of the training run",
-    "extra_metrics": "other task metrics as JSON",
-    "forward_residual": "||h_T - h_{T-1}||, as the method reported it",
-    "forward_relative_residual": "||h_T - h_{T-1}|| / ||h_T||, measured by the harness on the cell's problem",
-    "forward_tolerance": "the relative residual below which the forward counts as converged (NaN: not checked)",
-    "forward_converged": "forward_relative_residual <= forward_tolerance (null: not checked, e.g. a task whose forward is no fixed-point iteration)",
-    "backward_iterations": "backward steps or solver iterations actually taken",
-    "backward_residual": "||(I - J^T) z - g|| of the adjoint used (NaN without one)",
-    "adjoint_relative_residual": "backward_residual / ||g||, g = dL/dh_T (NaN without an adjoint)",
-    "adjoint_tolerance": "the relative residual below which the adjoint counts as solved (NaN without an adjoint)",
-    "adjoint_converged": "adjoint_relative_residual <= adjoint_tolerance (null for methods without an adjoint system)",
-    "torch_version": "torch version",
-    "rbpbench_version": "rbpbench version",
-    "method_distribution": "distribution and version providing the method",
-    "task_distribution": "distribution and version providing the task",
-    "worker": "host:pid of the process that ran the cell",
-    "node": "the machine that ran the cell: its host name (under Ray: host/Ray node id); see environment.json",
-}
-# Columns added after tables were first written: a table without them is still
-# resumed, and its earlier rows hold nulls there.
-ADDED_COLUMNS = (
-    "node",
-    "forward_relative_residual",
-    "forward_tolerance",
-    "forward_converged",
-    "adjoint_relative_residual",
-    "adjoint_tolerance",
-    "adjoint_converged",
-)
-INTEGER_COLUMNS = (
-    "truncation",
-    "seed",
-    "backward_iterations",
-    "peak_memory_bytes",
-    "timing_repeats",
-    "epochs",
-)
-BOOLEAN_COLUMNS = ("success", "forward_converged", "adjoint_converged")
-FLOAT_COLUMNS = (
-    "loss",
-    "grad_rel_error",
-    "grad_cosine",
-    "grad_rel_error_g",
-    "grad_rel_error_total",
-    "grad_cosine_total",
-    "grad_rel_error_exact",
-    "spectral_radius",
-    "wall_time_s",
-    "cell_time_s",
-    "train_loss_initial",
-    "train_loss_final",
-    "retrieval_error",
-    "val_accuracy",
-    "test_accuracy",
-    "train_time_s",
-    "forward_residual",
-    "forward_relative_residual",
-    "forward_tolerance",
-    "backward_residual",
-    "adjoint_relative_residual",
-    "adjoint_tolerance",
-)
+# The pandas types of the columns (nullable, so that a cell without a value holds a null).
+STRING, INTEGER, FLOAT, BOOLEAN = "string", "Int64", "float64", "boolean"
 
 
+@dataclass(frozen=True)
+class Column:
+    """One column of the results table, declared once: its name, type and meaning.
+
+    ``added``: added after tables were first written, so a table without it is
+    still resumed and its earlier rows hold nulls there. ``training``: a
+    training task's metrics may fill it directly (other metrics go to
+    ``extra_metrics``).
+    """
+
+    name: str
+    dtype: str
+    meaning: str
+    added: bool = False
+    training: bool = False
+
+
+# The results table's columns, in the order of the files. Everything below derives from it.
+SCHEMA: tuple[Column, ...] = (
+    Column(
+        "cell_id",
+        STRING,
+        "hash of the cell's identity (task, method, their parameters, K, seed, device, dtype, versions)",
+    ),
+    Column(
+        "run_id",
+        STRING,
+        "identifier of the sweep invocation that produced the row (see environment.json)",
+    ),
+    Column("task", STRING, "task name"),
+    Column("task_params", STRING, "task parameters as JSON (defaults merged)"),
+    Column("method", STRING, "gradient method name"),
+    Column("method_params", STRING, "method parameters as JSON (defaults merged)"),
+    Column(
+        "truncation",
+        INTEGER,
+        "K: Jacobian products (RBP family, TBPTT) or solver iterations allowed",
+    ),
+    Column("seed", INTEGER, "seed of the problem"),
+    Column("device", STRING, "cpu or cuda[:i]"),
+    Column("dtype", STRING, "floating-point type of the problem"),
+    Column("status", STRING, "ok | diverged | timeout | error | oom | crashed | skipped"),
+    Column("error", STRING, "why the cell is not ok: message and last frame (empty when ok)"),
+    Column("loss", FLOAT, "loss on the final state"),
+    Column("grad_rel_error", FLOAT, "||g - g_bptt|| / ||g_bptt|| on w_F, same problem"),
+    Column("grad_cosine", FLOAT, "cosine between g and g_bptt on w_F"),
+    Column("grad_rel_error_g", FLOAT, "||g - g_bptt|| / ||g_bptt|| on w_G (readout)"),
+    Column("grad_rel_error_total", FLOAT, "||g - g_bptt|| / ||g_bptt|| on w_F and w_G together"),
+    Column("grad_cosine_total", FLOAT, "cosine between g and g_bptt on w_F and w_G together"),
+    Column(
+        "grad_rel_error_exact",
+        FLOAT,
+        "||g - g_exact|| / ||g_exact|| on w_F (NaN if the task has no exact gradient)",
+    ),
+    Column(
+        "spectral_radius",
+        FLOAT,
+        "spectral radius of J at h_{T-1} (of the first adjoint step where the problem names some), from J^T v products: dense eigenvalues up to 512 state numbers, else ARPACK Arnoldi (docs/measurement.md)",
+    ),
+    Column(
+        "wall_time_s",
+        FLOAT,
+        "median wall time of the gradient computation (timing pass, no profiler)",
+    ),
+    Column("timing_repeats", INTEGER, "how many timed repeats the median is over"),
+    Column(
+        "peak_memory_bytes",
+        INTEGER,
+        "peak memory of the gradient computation above the baseline (memory pass, garbage collected first)",
+    ),
+    Column("memory_method", STRING, "how peak_memory_bytes was measured: memray or cuda-allocator"),
+    Column("cell_time_s", FLOAT, "wall time of the whole cell: problem, references, all passes"),
+    Column(
+        "train_loss_initial", FLOAT, "training tasks: loss before the first update", training=True
+    ),
+    Column("train_loss_final", FLOAT, "training tasks: loss after the last update", training=True),
+    Column(
+        "success",
+        BOOLEAN,
+        "training tasks: the task's success criterion (hopfield: final loss < 50% of initial)",
+        training=True,
+    ),
+    Column(
+        "retrieval_error",
+        FLOAT,
+        "hopfield: fraction of wrong output pixels retrieving the clean images from corrupted ones",
+        training=True,
+    ),
+    Column("val_accuracy", FLOAT, "best validation accuracy (classification tasks)", training=True),
+    Column(
+        "test_accuracy",
+        FLOAT,
+        "test accuracy at the epoch of best validation accuracy",
+        training=True,
+    ),
+    Column("epochs", INTEGER, "training epochs (or meta steps) run", training=True),
+    Column("train_time_s", FLOAT, "wall time of the training run"),
+    Column("extra_metrics", STRING, "other task metrics as JSON"),
+    Column("forward_residual", FLOAT, "||h_T - h_{T-1}||, as the method reported it"),
+    Column(
+        "forward_relative_residual",
+        FLOAT,
+        "||h_T - h_{T-1}|| / ||h_T||, measured by the harness on the cell's problem",
+        added=True,
+    ),
+    Column(
+        "forward_tolerance",
+        FLOAT,
+        "the relative residual below which the forward counts as converged (NaN: not checked)",
+        added=True,
+    ),
+    Column(
+        "forward_converged",
+        BOOLEAN,
+        "forward_relative_residual <= forward_tolerance (null: not checked, e.g. a task whose forward is no fixed-point iteration)",
+        added=True,
+    ),
+    Column("backward_iterations", INTEGER, "backward steps or solver iterations actually taken"),
+    Column("backward_residual", FLOAT, "||(I - J^T) z - g|| of the adjoint used (NaN without one)"),
+    Column(
+        "adjoint_relative_residual",
+        FLOAT,
+        "backward_residual / ||g||, g = dL/dh_T (NaN without an adjoint)",
+        added=True,
+    ),
+    Column(
+        "adjoint_tolerance",
+        FLOAT,
+        "the relative residual below which the adjoint counts as solved (NaN without an adjoint)",
+        added=True,
+    ),
+    Column(
+        "adjoint_converged",
+        BOOLEAN,
+        "adjoint_relative_residual <= adjoint_tolerance (null for methods without an adjoint system)",
+        added=True,
+    ),
+    Column("torch_version", STRING, "torch version"),
+    Column("rbpbench_version", STRING, "rbpbench version"),
+    Column("method_distribution", STRING, "distribution and version providing the method"),
+    Column("task_distribution", STRING, "distribution and version providing the task"),
+    Column("worker", STRING, "host:pid of the process that ran the cell"),
+    Column(
+        "node",
+        STRING,
+        "the machine that ran the cell: its host name (under Ray: host/Ray node id); see environment.json",
+        added=True,
+    ),
+)
+# Column name -> meaning.
+COLUMNS: dict[str, str] = {c.name: c.meaning for c in SCHEMA}
+DTYPES: dict[str, str] = {c.name: c.dtype for c in SCHEMA}
+ADDED_COLUMNS = tuple(c.name for c in SCHEMA if c.added)
+INTEGER_COLUMNS = tuple(c.name for c in SCHEMA if c.dtype == INTEGER)
+BOOLEAN_COLUMNS = tuple(c.name for c in SCHEMA if c.dtype == BOOLEAN)
+FLOAT_COLUMNS = tuple(c.name for c in SCHEMA if c.dtype == FLOAT)
+STRING_COLUMNS = tuple(c.name for c in SCHEMA if c.dtype == STRING)
 # Columns a training task's metrics may fill directly.
-TRAINING_COLUMNS = (
-    "train_loss_initial",
-    "train_loss_final",
-    "success",
-    "retrieval_error",
-    "val_accuracy",
-    "test_accuracy",
-    "epochs",
-)
+TRAINING_COLUMNS = tuple(c.name for c in SCHEMA if c.training)
 
-# A row may carry its curves under this key on its way to the store; they are
-# written to <out>/curves/<cell_id>.parquet (columns curve, step, value).
-CURVES_KEY = "_curves"
-# A row from a machine the sweep had not heard from yet may carry that machine's
-# description under this key; the driver adds it to environment.json.
-NODE_ENVIRONMENT_KEY = "_node_environment"
+# What a results folder holds, named once.
+RESULTS_PARQUET = "results.parquet"  # the table
+RESULTS_CSV = "results.csv"  # the same table as text, written after the Parquet file
+ENVIRONMENT_FILE = "environment.json"  # each run's software and machines, by run id
+CURVES_DIR = "curves"  # <cell_id>.parquet per cell with curves: columns curve, step, value
+LOCK_FILE = ".lock"  # held by the sweep writing the folder
+REPORT_PAGE = "report.html"  # rbpbench report's page...
+REPORT_DIR = "report"  # ...and the folder of its figures
+
+
+def partial_name(name: str) -> str:
+    """The temporary file :func:`atomic_write` writes before renaming it to ``name``."""
+    return f".{name}.partial"
+
+
+@dataclass
+class CellOutcome:
+    """A finished cell on its way from the worker to the store: its row, and beside it what
+    is no column. Picklable: it crosses the worker's pipe and comes back from Ray tasks.
+
+    ``curves`` (name -> values by step) are written to ``<out>/curves/<cell_id>.parquet``;
+    ``node_environment`` describes the machine that ran the cell, for a machine the
+    sweep has not heard from yet, and goes into ``environment.json``.
+    """
+
+    row: dict[str, Any]
+    curves: Curves | None = None
+    node_environment: dict[str, Any] | None = field(default=None)
 
 
 def read_curves(folder: Path, cell_id: str) -> pd.DataFrame:
-    return pd.read_parquet(folder / "curves" / f"{cell_id}.parquet")
+    return pd.read_parquet(folder / CURVES_DIR / f"{cell_id}.parquet")
 
 
 def empty_row() -> dict[str, Any]:
     return dict.fromkeys(COLUMNS)
 
 
-def to_frame(rows: Sequence[Mapping[str, Any]]) -> pd.DataFrame:
-    frame = pd.DataFrame(list(rows), columns=list(COLUMNS))
-    for column in INTEGER_COLUMNS:
-        frame[column] = pd.to_numeric(frame[column]).astype("Int64")
-    for column in FLOAT_COLUMNS:
-        frame[column] = pd.to_numeric(frame[column]).astype("float64")
-    for column in BOOLEAN_COLUMNS:
-        frame[column] = frame[column].astype("boolean")
-    for column in set(COLUMNS) - set(INTEGER_COLUMNS) - set(FLOAT_COLUMNS) - set(BOOLEAN_COLUMNS):
-        frame[column] = frame[column].astype("string")
+def as_dtype(values: pd.Series, dtype: str) -> pd.Series:
+    if dtype in (INTEGER, FLOAT):
+        values = pd.to_numeric(values)
+    return values.astype(dtype)
+
+
+def typed(frame: pd.DataFrame, *, strict: bool = True) -> pd.DataFrame:
+    """``frame`` with each column of the schema it holds in the schema's type (others as they
+    are). Not ``strict``: a column that does not convert (a truncation of 2.5 in a hand-made
+    table) is left as it is, for the leaderboard to say what is wrong with it."""
+    frame = frame.copy()
+    for column in SCHEMA:
+        if column.name not in frame:
+            continue
+        try:
+            frame[column.name] = as_dtype(frame[column.name], column.dtype)
+        except (TypeError, ValueError):
+            if strict:
+                raise
     return frame
+
+
+def to_frame(rows: Sequence[Mapping[str, Any]]) -> pd.DataFrame:
+    return typed(pd.DataFrame(list(rows), columns=list(COLUMNS)))
 
 
 class StorageError(Exception):
@@ -199,7 +290,7 @@ def atomic_write(path: Path, write: Callable[[Path], Any]) -> None:
         raise StorageError(f"could not write {path}: {reason}") from exc
 
 
-def _csv_rows(path: Path) -> pd.DataFrame:
+def _csv_table(path: Path) -> pd.DataFrame:
     """The table as results.csv holds it, with the types results.parquet would give."""
     raw = pd.read_csv(path, dtype=str, keep_default_na=False)
     rows = [
@@ -210,7 +301,35 @@ def _csv_rows(path: Path) -> pd.DataFrame:
         for column in BOOLEAN_COLUMNS:
             if row.get(column) is not None:
                 row[column] = {"True": True, "False": False}.get(str(row[column]))
-    return to_frame([{**empty_row(), **row} for row in rows])
+    return typed(pd.DataFrame(rows, columns=list(raw.columns)), strict=False)
+
+
+def read_table(folder: Path) -> tuple[pd.DataFrame, Path] | None:
+    """The table of a results folder and the file it came from, with the schema's types;
+    None when the folder holds none.
+
+    Reads results.parquet or, where it is gone, results.csv (written after it, for
+    every row). The one reader of a folder's table: :func:`read`, ``rbpbench.load``,
+    ``rbpbench leaderboard`` and ``report``, and a sweep resuming a folder all come here.
+    Columns the table lacks are not added (an older table lacks the added ones), and a
+    column whose values do not fit its type is left as it is (see :func:`typed`).
+    """
+    parquet, csv = folder / RESULTS_PARQUET, folder / RESULTS_CSV
+    if parquet.exists():
+        return typed(pd.read_parquet(parquet), strict=False), parquet
+    if csv.exists() and csv.stat().st_size > 0:
+        return _csv_table(csv), csv
+    return None
+
+
+def read(folder: Path) -> pd.DataFrame:
+    """The table of a results folder (see :func:`read_table`); FileNotFoundError when it holds none."""
+    found = read_table(folder)
+    if found is None:
+        raise FileNotFoundError(
+            f"{folder} holds no rbpbench results ({RESULTS_PARQUET} or {RESULTS_CSV})"
+        )
+    return found[0]
 
 
 class ResultsFolder:
@@ -222,14 +341,10 @@ class ResultsFolder:
         self.source: Path | None = None  # the file the rows were read from, if any
         if not read:
             return
-        if self.parquet.exists():
-            frame, self.source = pd.read_parquet(self.parquet), self.parquet
-        elif self.csv.exists() and self.csv.stat().st_size > 0:
-            # The Parquet file is gone but the CSV (written after it, for every row) is
-            # not: resume from it rather than start over and overwrite it.
-            frame, self.source = _csv_rows(self.csv), self.csv
-        else:
+        found = read_table(folder)
+        if found is None:
             return
+        frame, self.source = found
         missing = set(COLUMNS) - set(frame.columns) - set(ADDED_COLUMNS)
         if missing:
             raise ValueError(
@@ -241,11 +356,11 @@ class ResultsFolder:
 
     @property
     def parquet(self) -> Path:
-        return self.folder / "results.parquet"
+        return self.folder / RESULTS_PARQUET
 
     @property
     def csv(self) -> Path:
-        return self.folder / "results.csv"
+        return self.folder / RESULTS_CSV
 
     def finished(self, *, retry_failed: bool) -> set[str]:
         """Ids of the cells a rerun need not run again."""
@@ -257,19 +372,21 @@ class ResultsFolder:
 
     @property
     def curves(self) -> Path:
-        return self.folder / "curves"
+        return self.folder / CURVES_DIR
 
-    def append(self, row: Mapping[str, Any]) -> None:
-        """Store a finished cell: its curves first, so a row on disk always has its curves.
+    def append(self, outcome: CellOutcome | Mapping[str, Any]) -> None:
+        """Store a finished cell (its outcome, or a row without curves): its curves first, so a
+        row on disk always has its curves.
 
         Raises :class:`StorageError` when a file cannot be written; the row is
         then not kept in memory either, so what the folder holds is what the
         sweep believes it holds.
         """
-        row = dict(row)
-        curves = row.pop(CURVES_KEY, None)
-        if curves:
-            self.write_curves(str(row["cell_id"]), curves)
+        if not isinstance(outcome, CellOutcome):
+            outcome = CellOutcome(dict(outcome))
+        row = dict(outcome.row)
+        if outcome.curves:
+            self.write_curves(str(row["cell_id"]), outcome.curves)
         cell_id = str(row["cell_id"])
         before = self.rows.get(cell_id)
         self.rows[cell_id] = row
@@ -303,7 +420,3 @@ class ResultsFolder:
 
     def frame(self) -> pd.DataFrame:
         return to_frame(list(self.rows.values()))
-
-
-def read(folder: Path) -> pd.DataFrame:
-    return pd.read_parquet(folder / "results.parquet")

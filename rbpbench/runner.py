@@ -37,8 +37,16 @@ from rbpbench.forward import run_without_graph
 from rbpbench.linearisation import LinearisedStep
 from rbpbench.methods.unrolled import bptt
 from rbpbench.plugins import Registry
-from rbpbench.problem import GradientResult, Problem, TrainingRun, check_result
-from rbpbench.results import CURVES_KEY, DIVERGED, ERROR, OK, OOM, SKIPPED, TRAINING_COLUMNS
+from rbpbench.problem import Curves, GradientResult, Problem, TrainingRun, check_result
+from rbpbench.results import (
+    DIVERGED,
+    ERROR,
+    OK,
+    OOM,
+    SKIPPED,
+    TRAINING_COLUMNS,
+    CellOutcome,
+)
 
 
 def device_unavailable(device: str) -> str | None:
@@ -152,18 +160,21 @@ class CellRunner:
             }
         return self._facts[key]
 
-    def run(self, cell: Cell) -> dict[str, Any]:
+    def run(self, cell: Cell) -> CellOutcome:
+        """The cell's row, and a training task's curves beside it."""
         start = time.perf_counter()
         row = identity_row(cell, self.registry, self.run_id)
         row["worker"] = worker_name()
+        curves: Curves | None = None
         reason = device_unavailable(cell.device)
         if reason:
             row.update(status=SKIPPED, error=reason)
-            return row
+            return CellOutcome(row)
         try:
             row.update(self._measure(cell))
             if row["status"] == OK and self.registry.task(cell.task).train is not None:
-                row.update(self._train(cell))
+                trained, curves = self._train(cell)
+                row.update(trained)
         except DatasetUnavailable as exc:
             row.update(status=SKIPPED, error=str(exc))
         except Exception as exc:
@@ -174,7 +185,7 @@ class CellRunner:
             if cell.device.startswith("cuda") and torch.cuda.is_available():
                 torch.cuda.empty_cache()
         row["cell_time_s"] = time.perf_counter() - start
-        return row
+        return CellOutcome(row, curves)
 
     def _measure(self, cell: Cell) -> dict[str, Any]:
         spec = self.registry.method(cell.method)
@@ -237,8 +248,9 @@ class CellRunner:
             facts = None
         return convergence_columns(facts, result.backward_residual, self.tolerances(cell))
 
-    def _train(self, cell: Cell) -> dict[str, Any]:
-        """One training run with the cell's method as the gradient estimator."""
+    def _train(self, cell: Cell) -> tuple[dict[str, Any], Curves]:
+        """One training run with the cell's method as the gradient estimator: its columns, and
+        its curves."""
         task = self.registry.task(cell.task)
         assert task.train is not None
         method = self.registry.method(cell.method)
@@ -264,11 +276,10 @@ class CellRunner:
             **figures,
             "extra_metrics": json.dumps(extra, sort_keys=True, default=float),
             "train_time_s": time.perf_counter() - start,
-            CURVES_KEY: outcome.curves,
         }
         if outcome.diverged:
             row.update(status=DIVERGED, error="training diverged: non-finite loss or parameters")
-        return row
+        return row, outcome.curves
 
 
 def result_figures(result: GradientResult) -> dict[str, Any]:

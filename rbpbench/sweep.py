@@ -19,7 +19,17 @@ from rbpbench.config import SweepSettings, UsageError
 from rbpbench.environment import capture_environment, plugin_versions
 from rbpbench.executors import Executor, LocalPool
 from rbpbench.plugins import PluginConfig, Registry
-from rbpbench.results import NODE_ENVIRONMENT_KEY, ResultsFolder, atomic_write
+from rbpbench.results import (
+    CURVES_DIR,
+    ENVIRONMENT_FILE,
+    LOCK_FILE,
+    RESULTS_CSV,
+    RESULTS_PARQUET,
+    CellOutcome,
+    ResultsFolder,
+    atomic_write,
+    partial_name,
+)
 
 
 def plan_cells(settings: SweepSettings) -> list[Cell]:
@@ -29,14 +39,14 @@ def plan_cells(settings: SweepSettings) -> list[Cell]:
 
 # What a sweep writes: a folder holding only these is one to resume.
 OWN_FILES = {
-    ".lock",
-    "environment.json",
-    "results.parquet",
-    "results.csv",
-    ".results.parquet.partial",
-    ".results.csv.partial",
-    ".environment.json.partial",
-    "curves",
+    LOCK_FILE,
+    ENVIRONMENT_FILE,
+    RESULTS_PARQUET,
+    RESULTS_CSV,
+    partial_name(RESULTS_PARQUET),
+    partial_name(RESULTS_CSV),
+    partial_name(ENVIRONMENT_FILE),
+    CURVES_DIR,
 }
 # Keys of a run's environment that describe the run rather than a machine.
 RUN_KEYS = ("run_id", "time", "git_commit", "git_dirty", "nodes")
@@ -49,8 +59,8 @@ def check_out(out: Path) -> None:
     if (
         out.is_dir()
         and any(p.name not in OWN_FILES for p in out.iterdir())
-        and not (out / "results.parquet").exists()
-        and not (out / "results.csv").exists()
+        and not (out / RESULTS_PARQUET).exists()
+        and not (out / RESULTS_CSV).exists()
     ):
         raise UsageError(
             f"--out {out} is not empty and holds no rbpbench results; choose a new folder"
@@ -72,7 +82,7 @@ def exclusive_writer(out: Path) -> Iterator[None]:
     created = not out.exists()
     try:
         out.mkdir(parents=True, exist_ok=True)
-        handle = open(out / ".lock", "a+")  # noqa: SIM115 (held for the whole sweep)
+        handle = open(out / LOCK_FILE, "a+")  # noqa: SIM115 (held for the whole sweep)
     except OSError as exc:
         raise UsageError(f"--out {out} cannot be written: {exc.strerror or exc}") from None
     try:
@@ -81,8 +91,8 @@ def exclusive_writer(out: Path) -> Iterator[None]:
             yield
     except UsageError:
         # Refused before its first write (a Ray cluster out of reach, say): leave no folder.
-        if created and {p.name for p in out.iterdir()} == {".lock"}:
-            (out / ".lock").unlink()
+        if created and {p.name for p in out.iterdir()} == {LOCK_FILE}:
+            (out / LOCK_FILE).unlink()
             out.rmdir()
         raise
 
@@ -105,7 +115,7 @@ def take_lock(out: Path, handle: Any) -> None:
 
 def record_environment(out: Path, run_id: str, env: dict[str, Any]) -> None:
     """Put this run's environment in ``<out>/environment.json`` (one entry per run id)."""
-    path = out / "environment.json"
+    path = out / ENVIRONMENT_FILE
     runs: dict[str, Any] = json.loads(path.read_text())["runs"] if path.exists() else {}
     runs[run_id] = env
     atomic_write(path, lambda p: p.write_text(json.dumps({"runs": runs}, indent=2, default=str)))
@@ -191,16 +201,16 @@ class Sweep:
         record_environment(self.out, self.run_id, env)
         self.results.flush()
 
-        def store(row: dict[str, Any]) -> None:
-            node_env = row.pop(NODE_ENVIRONMENT_KEY, None)
+        def store(outcome: CellOutcome) -> None:
+            row = outcome.row
             node = row.get("node")
             if node and node not in nodes:
-                nodes[node] = node_env or {
+                nodes[node] = outcome.node_environment or {
                     **{k: v for k, v in env.items() if k not in RUN_KEYS},
                     "node": node,
                 }
                 record_environment(self.out, self.run_id, env)
-            self.results.append(row)
+            self.results.append(outcome)
             on_row(row)
 
         if executor is not None:

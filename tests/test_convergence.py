@@ -34,7 +34,7 @@ def test_the_default_tolerance_is_half_the_digits_of_the_dtype() -> None:
 
 
 def test_a_converged_forward_is_marked_converged(runner: CellRunner) -> None:
-    row = runner.run(contractive("neumann-rbp", spectral_norm=0.5))
+    row = runner.run(contractive("neumann-rbp", spectral_norm=0.5)).row
     assert row["status"] == "ok" and row["forward_converged"] is True
     assert row["forward_relative_residual"] < 1e-14
     assert row["forward_tolerance"] == default_tolerance(torch.float64)
@@ -42,40 +42,40 @@ def test_a_converged_forward_is_marked_converged(runner: CellRunner) -> None:
 
 def test_too_few_steps_is_an_ok_row_marked_unconverged(runner: CellRunner) -> None:
     for method in ("bptt", "neumann-rbp"):
-        row = runner.run(contractive(method, steps=3, spectral_norm=0.99))
+        row = runner.run(contractive(method, steps=3, spectral_norm=0.99)).row
         assert row["status"] == "ok"
         assert row["forward_converged"] is False
         assert row["forward_relative_residual"] > 0.1
 
 
 def test_a_period_two_oscillation_is_unconverged(runner: CellRunner) -> None:
-    row = runner.run(Cell("period-two", "bptt", 4, 0, "cpu"))
+    row = runner.run(Cell("period-two", "bptt", 4, 0, "cpu")).row
     assert row["forward_converged"] is False
     assert row["forward_relative_residual"] == pytest.approx(1.0)  # |1 - 0| / |1|
 
 
 def test_a_user_tolerance_is_a_task_parameter_the_builder_never_sees(runner: CellRunner) -> None:
-    row = runner.run(contractive("bptt", steps=3, spectral_norm=0.99, forward_tolerance=1.0))
+    row = runner.run(contractive("bptt", steps=3, spectral_norm=0.99, forward_tolerance=1.0)).row
     assert row["status"] == "ok", row["error"]
     assert row["forward_converged"] is True and row["forward_tolerance"] == 1.0
     assert '"forward_tolerance": 1.0' in row["task_params"]  # part of the cell's identity
 
 
 def test_a_task_declaring_no_fixed_point_is_not_checked(runner: CellRunner) -> None:
-    row = runner.run(Cell("declared-no-fixed-point", "neumann-rbp", 4, 0, "cpu"))
+    row = runner.run(Cell("declared-no-fixed-point", "neumann-rbp", 4, 0, "cpu")).row
     assert row["status"] == "ok"
     assert row["forward_converged"] is None and row["forward_tolerance"] is None
     assert row["forward_relative_residual"] > 0  # still measured and shown
 
 
 def test_adjoint_convergence_follows_the_solver(runner: CellRunner) -> None:
-    truncated = runner.run(contractive("neumann-rbp", 5))
+    truncated = runner.run(contractive("neumann-rbp", 5)).row
     assert truncated["adjoint_converged"] is False
     assert truncated["adjoint_relative_residual"] == pytest.approx(0.9**6, rel=0.5)
-    solved = runner.run(contractive("cg-rbp", 200))
+    solved = runner.run(contractive("cg-rbp", 200)).row
     assert solved["adjoint_converged"] is True
     assert solved["adjoint_relative_residual"] < default_tolerance(torch.float64)
-    unrolled = runner.run(contractive("bptt", 5))
+    unrolled = runner.run(contractive("bptt", 5)).row
     assert unrolled["adjoint_converged"] is None and unrolled["adjoint_tolerance"] is None
 
 

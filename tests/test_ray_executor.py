@@ -108,13 +108,13 @@ def test_a_kept_pool_reuses_its_worker_and_replaces_one_that_died_idle(registry)
     cell = Cell("contractive-rnn", "bptt", 2, 0, "cpu", (("steps", 20),))
     try:
         rows: list[dict[str, Any]] = []
-        pool.run([cell], rows.append)
-        pool.run([cell], rows.append)
+        pool.run([cell], lambda outcome: rows.append(outcome.row))
+        pool.run([cell], lambda outcome: rows.append(outcome.row))
         first, second = (int(r["worker"].rsplit(":", 1)[1]) for r in rows)
         assert first == second and [r["node"] for r in rows] == ["here", "here"]
         os.kill(first, signal.SIGKILL)  # dies while idle, between two cells
         time.sleep(0.5)
-        pool.run([cell], rows.append)
+        pool.run([cell], lambda outcome: rows.append(outcome.row))
         assert rows[-1]["status"] == "ok" and rows[-1]["worker"] != rows[0]["worker"]
     finally:
         pool.close()

@@ -21,7 +21,7 @@ def cell(method: str, seed: int = 0, **task_params: object) -> Cell:
 
 
 def test_an_ok_row_holds_every_figure() -> None:
-    row = faulty_runner().run(cell("neumann-rbp", steps=150))
+    row = faulty_runner().run(cell("neumann-rbp", steps=150)).row
     assert row["status"] == "ok" and row["error"] == ""
     for key in ("grad_rel_error", "grad_rel_error_total", "grad_rel_error_exact"):
         assert 0 < row[key] < 1, key
@@ -34,27 +34,27 @@ def test_an_ok_row_holds_every_figure() -> None:
 
 def test_exceptions_become_error_and_oom_rows() -> None:
     runner = faulty_runner()
-    error = runner.run(cell("raises"))
+    error = runner.run(cell("raises")).row
     assert error["status"] == "error"
     assert error["error"].startswith("RuntimeError: solver exploded (at faulty_methods.py:")
-    assert runner.run(cell("exhausts-memory"))["status"] == "oom"
-    shape = runner.run(cell("wrong-shape"))
+    assert runner.run(cell("exhausts-memory")).row["status"] == "oom"
+    shape = runner.run(cell("wrong-shape")).row
     assert shape["status"] == "error"
     assert "grads_f[0] is (1024,) torch.float64 cpu; the parameter is (32, 32)" in shape["error"]
 
 
 def test_a_result_breaking_the_contract_is_an_error_row_naming_the_field() -> None:
     runner = faulty_runner()
-    listed = runner.run(cell("list-grads"))
+    listed = runner.run(cell("list-grads")).row
     assert listed["status"] == "error"
     assert "grads_f is a list; it must be a tuple" in listed["error"]
-    graph = runner.run(cell("keeps-graph"))
+    graph = runner.run(cell("keeps-graph")).row
     assert graph["status"] == "error"
     assert "grads_f[0] requires grad" in graph["error"]
 
 
 def test_non_finite_gradients_are_a_diverged_row() -> None:
-    row = faulty_runner().run(cell("nan"))
+    row = faulty_runner().run(cell("nan")).row
     assert row["status"] == "diverged" and "non-finite" in row["error"]
 
 
@@ -73,7 +73,7 @@ def test_the_same_cell_twice_gives_identical_numbers(registry) -> None:
             first.grads_f + first.grads_g, second.grads_f + second.grads_g, strict=True
         ):
             assert torch.equal(a, b), method
-        row_a, row_b = runner.run(c), runner.run(c)
+        row_a, row_b = runner.run(c).row, runner.run(c).row
         for key in (
             "loss",
             "grad_rel_error",
@@ -91,7 +91,7 @@ def test_cells_are_task_and_seed_major() -> None:
 
 
 def test_cuda_cells_without_cuda_are_skipped_rows(registry) -> None:
-    row = CellRunner(registry, "test").run(Cell("contractive-rnn", "bptt", 1, 0, "cuda:7"))
+    row = CellRunner(registry, "test").run(Cell("contractive-rnn", "bptt", 1, 0, "cuda:7")).row
     if not torch.cuda.is_available():
         assert row["status"] == "skipped" and "CUDA is not available" in row["error"]
     else:

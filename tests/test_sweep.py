@@ -302,3 +302,31 @@ def test_an_out_folder_that_cannot_be_created_is_one_line_and_exit_2(tmp_path: P
                      "--out", str(blocker / "run"))  # fmt: skip
     assert result.returncode == 2 and "Traceback" not in result.stderr
     assert result.stderr.startswith(f"rbpbench: error: --out {blocker / 'run'} cannot be written")
+
+
+def test_a_cell_s_curves_cross_the_worker_process_beside_its_row(tmp_path: Path) -> None:
+    """A training cell's curves go from the worker through the pipe, the pool and the sweep
+    to <out>/curves/<cell_id>.parquet as a CellOutcome's side data, never as a column."""
+    from rbpbench import load
+    from rbpbench.results import CURVES_DIR, ENVIRONMENT_FILE, read_curves
+
+    out = tmp_path / "run"
+    result = run_cli(
+        "run", "-p", "tests.curved_tasks", "--tasks", "curved", "--methods", "bptt,rbp",
+        "--truncation", "3", "--seeds", "0", "--out", str(out), cwd=REPO,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    frame = load(out)
+    assert list(frame.columns) == list(COLUMNS)  # no side data among the columns
+    assert set(frame.status) == {"ok"} and list(frame.epochs) == [2, 2]
+    assert all(json.loads(extra) == {"steps_seen": 3} for extra in frame.extra_metrics)
+    assert {p.stem for p in (out / CURVES_DIR).iterdir()} == set(frame.cell_id)
+    for row in frame.itertuples():
+        curves = read_curves(out, str(row.cell_id))
+        by_name = {name: list(group.value) for name, group in curves.groupby("curve")}
+        assert by_name == {
+            "train_loss": [row.train_loss_initial, row.train_loss_final],
+            "probe_value": [0.25, 0.5, 0.75],
+        }
+    (run,) = json.loads((out / ENVIRONMENT_FILE).read_text())["runs"].values()
+    assert set(run["nodes"]) == set(frame.node)

@@ -35,10 +35,17 @@ from rbpbench.leaderboard import Group
 from rbpbench.plugins import PluginError, Registry, load_registry
 from rbpbench.problem import TaskFigure
 from rbpbench.reports import figures, paper
-from rbpbench.results import OK, atomic_write
+from rbpbench.results import (
+    ENVIRONMENT_FILE,
+    OK,
+    REPORT_DIR,
+    REPORT_PAGE,
+    atomic_write,
+    read,
+)
 
-FIGURES_DIR = "report"
-PAGE = "report.html"
+FIGURES_DIR = REPORT_DIR
+PAGE = REPORT_PAGE
 MANIFEST = ".rbpbench-report.json"
 
 
@@ -143,7 +150,7 @@ def _runs(path: Path) -> dict[str, dict[str, object]]:
 
 
 def _environment(folder: Path, frame: pd.DataFrame) -> str:
-    path = folder / "environment.json"
+    path = folder / ENVIRONMENT_FILE
     if not path.exists():
         return "<p>No environment.json in this folder.</p>"
     try:
@@ -320,9 +327,7 @@ def write(
     page's path. The tasks' own figures come from ``registry`` (None: the installed plugins).
     OSError where the folder cannot be written; TableError for a table the leaderboard cannot
     read (:func:`rbpbench.leaderboard.prepared`)."""
-    frame = leaderboard.prepared(
-        pd.read_parquet(folder / "results.parquet") if frame is None else frame
-    )
+    frame = leaderboard.prepared(read(folder) if frame is None else frame)
     page = Page(folder)
     _figures_folder(page.figures)
     statuses = Counter(str(s) for s in frame.status)

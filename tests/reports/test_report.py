@@ -12,7 +12,7 @@ import pytest
 
 from rbpbench import curves, leaderboard
 from rbpbench.reports import paper, report
-from rbpbench.results import ResultsFolder
+from rbpbench.results import CellOutcome, ResultsFolder
 from tests.helpers import run_cli
 from tests.reports.browser import Browser, chromium
 from tests.tables import frame, row
@@ -21,9 +21,11 @@ TABLE1 = {"batch": 1, "epochs": 10, "lr": 0.001, "hidden": 1024}
 
 
 def store(folder: Path, rows: list[dict[str, object]]) -> None:
+    """Rows with their curves under curves_key(), stored as a sweep stores cells' outcomes."""
     results = ResultsFolder(folder)
     for record in rows:
-        results.append(record)
+        curves = record.pop(curves_key(), None)
+        results.append(CellOutcome(record, curves))  # type: ignore[arg-type]
 
 
 def images(page: Path) -> list[str]:
@@ -113,9 +115,8 @@ def test_a_report_deletes_only_the_figures_an_earlier_report_wrote(tmp_path: Pat
 
 
 def curves_key() -> str:
-    from rbpbench.results import CURVES_KEY
-
-    return CURVES_KEY
+    """Where these tests' rows carry their curves until they are stored beside the row."""
+    return "_curves"
 
 
 def test_the_paper_s_figures_come_beside_cells_run_with_its_preset() -> None:
