@@ -16,7 +16,7 @@ from matplotlib.text import Text
 
 from rbpbench import curves, leaderboard
 from rbpbench.reports import figures, report
-from rbpbench.results import CURVES_KEY, ResultsFolder
+from rbpbench.results import CellOutcome, ResultsFolder
 from tests.tables import frame, row
 
 # Cora at the paper's K = 5 (results/citation-table2): every method's error 1.0 up to rounding,
@@ -117,8 +117,8 @@ def test_captions_are_html_without_tex(tmp_path: Path) -> None:
     results = ResultsFolder(tmp_path)
     for method in ("bptt", "rbp"):
         record = row("toy", method, 5, 0, grad_rel_error=0.1, wall_time_s=0.1)
-        record[CURVES_KEY] = {"difference_norm": [1.0, 0.1, 0.01], "forward_difference_norm": [1.0]}
-        results.append(record)
+        drawn = {"difference_norm": [1.0, 0.1, 0.01], "forward_difference_norm": [1.0]}
+        results.append(CellOutcome(record, drawn))
     page = report.write(tmp_path).read_text()
     captions = re.findall(r"<figcaption>(.*?)</figcaption>", page)
     assert any(f"{curves.STEP_NORM} in the last inference pass" in c for c in captions)

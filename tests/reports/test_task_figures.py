@@ -14,7 +14,7 @@ from rbpbench import curves, hookimpl
 from rbpbench.plugins import Registry, load_registry
 from rbpbench.problem import Curve, Problem, TaskFigure, TaskSpec
 from rbpbench.reports import report
-from rbpbench.results import CURVES_KEY, ResultsFolder
+from rbpbench.results import CellOutcome, ResultsFolder
 from tests.tables import row
 
 
@@ -36,9 +36,7 @@ def store(folder: Path, task: str = "toy", cell_curves: object = None) -> None:
     for method in ("bptt", "rbp"):
         for seed in range(2):
             record = row(task, method, 5, seed, grad_rel_error=0.1 * seed, wall_time_s=0.1)
-            if cell_curves is not None:
-                record[CURVES_KEY] = cell_curves
-            results.append(record)
+            results.append(CellOutcome(record, cell_curves))  # type: ignore[arg-type]
 
 
 def sources(page: Path) -> set[str]:
