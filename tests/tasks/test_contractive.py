@@ -60,7 +60,7 @@ def test_the_spectral_radius_column_is_the_largest_eigenvalue_of_the_last_step(
 ) -> None:
     params = {"spectral_norm": 0.99}
     cell = Cell("contractive-rnn", "neumann-rbp", 5, 2, "cpu", tuple(params.items()))
-    row = CellRunner(registry, "test").run(cell)
+    row = CellRunner(registry, "test").run(cell).row
     assert row["spectral_radius"] == pytest.approx(
         last_step_radius(contractive_problem(seed=2, **params)), abs=1e-12
     )
