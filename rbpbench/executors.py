@@ -13,6 +13,7 @@ import multiprocessing as mp
 import os
 import signal
 import socket
+import sys
 import threading
 import time
 from collections import deque
@@ -80,6 +81,34 @@ def blas_threads(threads: int) -> Iterator[None]:
         for name, value in given.items():
             if value is None:
                 os.environ.pop(name, None)
+
+
+@contextlib.contextmanager
+def main_module_hidden() -> Iterator[None]:
+    """Start worker processes that do not re-run the driver's ``__main__``.
+
+    The spawn start method re-imports the parent's main module in the child,
+    by name or from its file. A worker needs nothing of it (it runs
+    :func:`worker_main` and loads the plugins by name), and a script read from
+    standard input (``python - <<EOF``, whose ``__file__`` is ``<stdin>``)
+    cannot be re-imported at all: the worker died at start. So the main
+    module's ``__spec__`` and ``__file__`` are out of sight while a worker starts.
+    """
+    main = sys.modules.get("__main__")
+    spec = getattr(main, "__spec__", None)
+    has_file = hasattr(main, "__file__")
+    path = getattr(main, "__file__", None)
+    if main is not None:
+        main.__spec__ = None
+        if has_file:
+            del main.__file__
+    try:
+        yield
+    finally:
+        if main is not None:
+            main.__spec__ = spec
+            if has_file:
+                main.__file__ = path
 
 
 @dataclass(frozen=True)
@@ -179,7 +208,7 @@ class LocalPool:
             args=(WorkerSetup(self.plugins, self.run_id, threads), child),
             daemon=True,
         )
-        with blas_threads(threads):
+        with blas_threads(threads), main_module_hidden():
             process.start()
         child.close()
         return Worker(process, parent)

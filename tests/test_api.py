@@ -204,3 +204,19 @@ def test_the_krylov_plugin_imports_only_the_top_level() -> None:
             if isinstance(node, ast.Import):
                 names = [a.name for a in node.names if a.name.startswith("rbpbench.")]
                 assert not names, (path, ast.unparse(node))
+
+
+@pytest.mark.slow
+def test_a_script_read_from_standard_input_runs_a_sweep(tmp_path: Path) -> None:
+    """Spawned workers must not re-import ``__main__``: here it is ``<stdin>``, no file."""
+    script = (
+        "import rbpbench\n"
+        f"t = rbpbench.run(tasks=['contractive-rnn'], methods=['bptt'], truncation=[2], "
+        f"seeds=[0], task_params={{'steps': 20}}, out={str(tmp_path / 'nb')!r})\n"
+        "print(len(t), sorted(set(t.status)))\n"
+    )
+    done = subprocess.run(
+        [sys.executable, "-"], input=script, capture_output=True, text=True, timeout=300
+    )
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert done.stdout.strip().endswith("1 ['ok']")
