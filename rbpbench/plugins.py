@@ -5,8 +5,9 @@ raises on import, one that pluggy refuses to register (a hook whose
 arguments are not the spec's), one with a ``@hookimpl`` function that names
 no hook of rbpbench (a misspelling, say ``rbpbench_method``), one whose hook
 raises when called, and one whose hook returns anything but a list (or
-tuple) of :class:`~rbpbench.problem.MethodSpec` or
-:class:`~rbpbench.problem.TaskSpec` objects with distinct names. A failed
+tuple) of :class:`~rbpbench.problem.MethodSpec`,
+:class:`~rbpbench.problem.TaskSpec` or
+:class:`~rbpbench.problem.ForwardSolverSpec` objects with distinct names. A failed
 plugin is unregistered and gives nothing (not even the hooks that worked);
 ``run`` and ``list`` warn about it in one line on stderr and go on,
 ``rbpbench plugins`` shows it as ``failed`` with its error. A second entry
@@ -28,7 +29,7 @@ from typing import Any
 import pluggy
 
 from rbpbench import hookspecs
-from rbpbench.problem import MethodSpec, TaskSpec
+from rbpbench.problem import ForwardSolverSpec, MethodSpec, TaskSpec
 
 ENTRY_POINT_GROUP = "rbpbench"
 # Set to any non-empty value to load no entry-point plugins (only those named with -p).
@@ -37,6 +38,7 @@ DISABLE_AUTOLOAD_ENV = "RBPBENCH_DISABLE_PLUGIN_AUTOLOAD"
 HOOKS: tuple[tuple[str, type, str], ...] = (
     ("rbpbench_methods", MethodSpec, "method"),
     ("rbpbench_tasks", TaskSpec, "task"),
+    ("rbpbench_forward_solvers", ForwardSolverSpec, "forward solver"),
 )
 
 
@@ -82,6 +84,7 @@ class Registry:
 
     methods: dict[str, tuple[MethodSpec, Origin]] = field(default_factory=dict)
     tasks: dict[str, tuple[TaskSpec, Origin]] = field(default_factory=dict)
+    forwards: dict[str, tuple[ForwardSolverSpec, Origin]] = field(default_factory=dict)
     # plugin name -> why it failed (one line), for every plugin that did
     load_errors: dict[str, str] = field(default_factory=dict)
     # plugin name -> the names of the hooks it implements, for every loaded plugin
@@ -92,6 +95,9 @@ class Registry:
 
     def task(self, name: str) -> TaskSpec:
         return self.tasks[name][0]
+
+    def forward(self, name: str) -> ForwardSolverSpec:
+        return self.forwards[name][0]
 
 
 def one_line(text: str) -> str:
@@ -408,6 +414,7 @@ def load_registry(
     registry = Registry(load_errors=dict(host.errors), hooks=hook_names(host.manager))
     _index("method", host.provided("method"), registry.methods)
     _index("task", host.provided("task"), registry.tasks)
+    _index("forward solver", host.provided("forward solver"), registry.forwards)
     return registry
 
 
@@ -421,8 +428,8 @@ class PluginStatus:
     that another plugin gives too; ``error`` says which), ``disabled``
     (-p no:NAME, --disable-plugin), ``not autoloaded`` (the environment
     variable is set) or ``shadowed`` (an earlier distribution registered an
-    entry point of the same name); ``methods`` and ``tasks`` name what its
-    hooks return.
+    entry point of the same name); ``methods``, ``tasks`` and ``forwards``
+    name what its hooks return.
     """
 
     origin: Origin
@@ -431,6 +438,7 @@ class PluginStatus:
     methods: tuple[str, ...] = ()
     tasks: tuple[str, ...] = ()
     error: str = ""
+    forwards: tuple[str, ...] = ()
 
 
 def plugin_statuses(config: PluginConfig | None = None) -> tuple[list[PluginStatus], list[str]]:
@@ -461,8 +469,16 @@ def plugin_statuses(config: PluginConfig | None = None) -> tuple[list[PluginStat
         if name in host.errors:
             return PluginStatus(origin, "failed", error=host.errors[name])
         methods, tasks = given.get((name, "method"), []), given.get((name, "task"), [])
+        forwards = given.get((name, "forward solver"), [])
         status = "conflict" if name in clashes else "loaded"
-        return PluginStatus(origin, status, hooks.get(name, ()), tuple(methods), tuple(tasks))
+        return PluginStatus(
+            origin,
+            status,
+            hooks.get(name, ()),
+            tuple(methods),
+            tuple(tasks),
+            forwards=tuple(forwards),
+        )
 
     statuses: list[PluginStatus] = []
     first: dict[str, Origin] = {}

@@ -37,6 +37,14 @@ class Problem:
     and, directly, ``params_f``. ``exact_gradient``, where the task can compute
     one, returns the exact implicit gradient dL/dw_F at the fixed point.
 
+    ``time_varying``: the step depends on ``t`` (a mini-batch per step). Such a
+    problem runs only with a forward solver that takes the steps in order
+    (``iterate``); a cell pairing it with another forward is skipped.
+
+    ``forward`` is the forward solver the harness binds for the cell (None:
+    ``iterate``, T steps of F). Methods reach it through
+    :mod:`rbpbench.forward`, never directly.
+
     ``adjoint_steps`` (optional) are the maps whose linearisations at h_{T-1}
     the RBP family uses instead of the last step's: each gives one adjoint
     system and one gradient, and the gradients are averaged. A task whose
@@ -55,6 +63,72 @@ class Problem:
     exact_gradient: Callable[[], tuple[Tensor, ...]] | None = None
     info: dict[str, Any] = field(default_factory=dict)
     adjoint_steps: tuple[Callable[[State], State], ...] = ()
+    time_varying: bool = False
+    forward: BoundForward | None = None
+
+
+@dataclass
+class ForwardSolution:
+    """What a forward solver returns: ``state`` = h*, the point the final step starts from.
+
+    For ``iterate`` that is h_{T-1}; the harness's building blocks take the
+    final step h_T = F(h*) themselves, with a graph where a method needs one.
+    ``iterations`` counts the solver's iterations; ``trace`` (optional) holds
+    one relative residual ||F(h) - h|| / ||F(h)|| per iteration. Whether the
+    forward converged is measured by the harness, not taken from here.
+    """
+
+    state: State
+    iterations: int
+    trace: list[float] = field(default_factory=list)
+
+
+class ForwardSolve(Protocol):
+    """``solve(step, h0, *, num_steps, **params) -> ForwardSolution``.
+
+    ``step(h, t)`` is F_t(h), ``h0`` the initial state (no graph), and
+    ``num_steps`` = T - 1, the number of steps ``iterate`` takes before the
+    final one (an accelerated solver may ignore it and use its own budget).
+    ``params`` are the solver's parameters, the keys of
+    ``ForwardSolverSpec.defaults``. A solver is written with differentiable
+    torch operations (no in-place updates of tensors it computed from F), so
+    that BPTT and TBPTT can differentiate through its iterations.
+    """
+
+    def __call__(
+        self, step: Callable[[State, int], State], h0: State, *, num_steps: int, **params: Any
+    ) -> ForwardSolution: ...
+
+
+@dataclass(frozen=True)
+class ForwardSolverSpec:
+    """A forward solver as a plugin contributes it: how a cell finds the fixed point h*.
+
+    ``in_order`` declares a solver that takes the task's steps F_0 .. F_{T-2}
+    in order, exactly ``num_steps`` of them (``iterate``): the only kind a
+    time-varying problem accepts. ``differentiable=False`` declares a solver
+    that autograd cannot go through (in-place buffers): BPTT and TBPTT cells
+    on it are skipped with that reason.
+    """
+
+    name: str
+    solve: Callable[..., ForwardSolution]
+    summary: str
+    defaults: Mapping[str, Any] = field(default_factory=dict)
+    in_order: bool = False
+    differentiable: bool = True
+
+
+@dataclass(frozen=True)
+class BoundForward:
+    """A forward solver with the cell's parameters (defaults merged), as a problem carries it."""
+
+    spec: ForwardSolverSpec
+    params: Mapping[str, Any] = field(default_factory=dict)
+
+    @property
+    def name(self) -> str:
+        return self.spec.name
 
 
 @dataclass

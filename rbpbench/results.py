@@ -76,6 +76,13 @@ SCHEMA: tuple[Column, ...] = (
     Column("method", STRING, "gradient method name"),
     Column("method_params", STRING, "method parameters as JSON (defaults merged)"),
     Column(
+        "forward",
+        STRING,
+        "forward solver that found h* (iterate: T steps of F; rows older than the column: iterate)",
+        added=True,
+    ),
+    Column("forward_params", STRING, "forward solver parameters as JSON (defaults merged)", added=True),
+    Column(
         "truncation",
         INTEGER,
         "K: Jacobian products (RBP family, TBPTT) or solver iterations allowed",
@@ -159,6 +166,24 @@ SCHEMA: tuple[Column, ...] = (
         "forward_relative_residual <= forward_tolerance (null: not checked, e.g. a task whose forward is no fixed-point iteration)",
         added=True,
     ),
+    Column(
+        "forward_evaluations",
+        INTEGER,
+        "calls of the step function F while the method ran, counted by the harness (docs/measurement.md)",
+        added=True,
+    ),
+    Column(
+        "backward_vjps",
+        INTEGER,
+        "backward passes through an evaluation of F (J^T v and (dF/dw)^T v products), counted",
+        added=True,
+    ),
+    Column(
+        "backward_jvps",
+        INTEGER,
+        "Jacobian-vector products J v (double backward through a VJP), counted",
+        added=True,
+    ),
     Column("backward_iterations", INTEGER, "backward steps or solver iterations actually taken"),
     Column("backward_residual", FLOAT, "||(I - J^T) z - g|| of the adjoint used (NaN without one)"),
     Column(
@@ -183,6 +208,12 @@ SCHEMA: tuple[Column, ...] = (
     Column("rbpbench_version", STRING, "rbpbench version"),
     Column("method_distribution", STRING, "distribution and version providing the method"),
     Column("task_distribution", STRING, "distribution and version providing the task"),
+    Column(
+        "forward_distribution",
+        STRING,
+        "distribution and version providing the forward solver",
+        added=True,
+    ),
     Column("worker", STRING, "host:pid of the process that ran the cell"),
     Column(
         "node",

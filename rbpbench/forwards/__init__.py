@@ -1,0 +1,1 @@
+"""The built-in forward solvers (iterate, anderson, broyden), registered through the plugin host."""

@@ -1,0 +1,12 @@
+"""Registers the built-in forward solvers; found through the ``rbpbench`` entry-point group."""
+
+from __future__ import annotations
+
+from rbpbench.forward import ITERATE
+from rbpbench.hookspecs import hookimpl
+from rbpbench.problem import ForwardSolverSpec
+
+
+@hookimpl
+def rbpbench_forward_solvers() -> list[ForwardSolverSpec]:
+    return [ITERATE]
