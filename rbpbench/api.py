@@ -82,10 +82,11 @@ def resolve_sweep(
     config_file: str | None = None,
     task_params: Mapping[str, Any] | Sequence[str] | None = None,
     method_params: Mapping[str, Any] | Sequence[str] | None = None,
+    forward_params: Mapping[str, Any] | Sequence[str] | None = None,
 ) -> SweepSettings:
     """The checked settings of a sweep: the suite, overridden by the config file,
-    overridden by ``flags`` (None: not given), with ``--task-param`` and
-    ``--method-param`` values (``KEY=VALUE`` strings, or a mapping of ``KEY`` or
+    overridden by ``flags`` (None: not given), with ``--task-param``,
+    ``--method-param`` and ``--forward-param`` values (``KEY=VALUE`` strings, or a mapping of ``KEY`` or
     ``NAME.KEY`` to a value) over the parameter tables. Raises UsageError."""
     layers = []
     if suite is not None:
@@ -99,6 +100,7 @@ def resolve_sweep(
         registry,
         task_param_flags=param_flags(task_params, "--task-param", registry.tasks),
         method_param_flags=param_flags(method_params, "--method-param", registry.methods),
+        forward_param_flags=param_flags(forward_params, "--forward-param", registry.forwards),
     )
 
 
@@ -218,6 +220,8 @@ def run(
     timeout: float | str | None = None,
     task_params: Mapping[str, Any] | Sequence[str] | None = None,
     method_params: Mapping[str, Any] | Sequence[str] | None = None,
+    forward: str | Sequence[str] | None = None,
+    forward_params: Mapping[str, Any] | Sequence[str] | None = None,
     suite: str | None = None,
     config: str | os.PathLike[str] | None = None,
     retry_failed: bool = False,
@@ -240,6 +244,8 @@ def run(
     ``--task-param`` and ``--method-param`` flags: ``{"steps": 100}`` for every
     selected task that has ``steps``, ``{"contractive-rnn.steps": 100}`` or
     ``{"contractive-rnn": {"steps": 100}}`` for one, or ``["steps=100"]``.
+    ``forward`` names the forward solvers (``"iterate,anderson"``) and
+    ``forward_params`` are the ``--forward-param`` flags, given the same ways.
     ``plugins`` are ``-p`` values (a module to load, ``no:NAME`` to skip one).
 
     ``out`` is the results folder; an earlier sweep's folder is resumed: only
@@ -273,6 +279,7 @@ def run(
             config_file=None if config is None else os.fspath(config),
             task_params=task_params,
             method_params=method_params,
+            forward_params=forward_params,
         )
         warn_about_jobs(settings)
         folder = Path(out) if out is not None else fresh_folder()

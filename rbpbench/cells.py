@@ -16,10 +16,12 @@ from rbpbench.config import SweepSettings, check_cell_count, count_cells
 from rbpbench.plugins import Registry
 from rbpbench.results import empty_row
 
+DEFAULT_FORWARD = "iterate"
+
 
 @dataclass(frozen=True)
 class Cell:
-    """One (task, method, truncation, seed, device) with the parameters given by the user."""
+    """One (task, method, truncation, seed, device, forward) with the parameters given by the user."""
 
     task: str
     method: str
@@ -28,6 +30,8 @@ class Cell:
     device: str
     task_params: tuple[tuple[str, Any], ...] = ()
     method_params: tuple[tuple[str, Any], ...] = ()
+    forward: str = "iterate"
+    forward_params: tuple[tuple[str, Any], ...] = ()
 
 
 def expand(
@@ -39,6 +43,8 @@ def expand(
     task_params: Mapping[str, Mapping[str, Any]] | None = None,
     method_params: Mapping[str, Mapping[str, Any]] | None = None,
     task_grid: Mapping[str, Mapping[str, Sequence[Any]]] | None = None,
+    forwards: Sequence[str] = ("iterate",),
+    forward_params: Mapping[str, Mapping[str, Any]] | None = None,
 ) -> list[Cell]:
     """Every combination as a list (see :func:`iter_cells`), after counting them.
 
@@ -46,10 +52,19 @@ def expand(
     cell is made: ``seeds`` may be a :class:`~rbpbench.config.Seeds` of a
     hundred million seeds, which costs nothing until it is iterated.
     """
-    check_cell_count(count_cells(tasks, methods, truncations, seeds, devices, task_grid))
+    check_cell_count(count_cells(tasks, methods, truncations, seeds, devices, task_grid, forwards))
     return list(
         iter_cells(
-            tasks, methods, truncations, seeds, devices, task_params, method_params, task_grid
+            tasks,
+            methods,
+            truncations,
+            seeds,
+            devices,
+            task_params,
+            method_params,
+            task_grid,
+            forwards,
+            forward_params,
         )
     )
 
@@ -63,22 +78,37 @@ def iter_cells(
     task_params: Mapping[str, Mapping[str, Any]] | None = None,
     method_params: Mapping[str, Mapping[str, Any]] | None = None,
     task_grid: Mapping[str, Mapping[str, Sequence[Any]]] | None = None,
+    forwards: Sequence[str] = ("iterate",),
+    forward_params: Mapping[str, Mapping[str, Any]] | None = None,
 ) -> Iterator[Cell]:
     """Every combination, one at a time, task- and seed-major so that cells sharing a BPTT
-    reference run together.
+    reference run together, and forward-major within a seed so that cells sharing a solved
+    forward pass do too.
 
     ``task_grid`` gives, per task, parameters with several values: each
     combination is one more set of cells, with those values over ``task_params``.
     """
     task_params, method_params = task_params or {}, method_params or {}
     given = {m: tuple(sorted(method_params.get(m, {}).items())) for m in methods}
+    solver_params = {f: tuple(sorted((forward_params or {}).get(f, {}).items())) for f in forwards}
     for task in tasks:
         for params in param_variants(task_params.get(task, {}), (task_grid or {}).get(task, {})):
             for device in devices:
                 for seed in seeds:
-                    for method in methods:
-                        for k in truncations:
-                            yield Cell(task, method, k, seed, device, params, given[method])
+                    for forward in forwards:
+                        for method in methods:
+                            for k in truncations:
+                                yield Cell(
+                                    task,
+                                    method,
+                                    k,
+                                    seed,
+                                    device,
+                                    params,
+                                    given[method],
+                                    forward,
+                                    solver_params[forward],
+                                )
 
 
 def cell_axes(settings: SweepSettings) -> dict[str, Any]:
@@ -92,6 +122,8 @@ def cell_axes(settings: SweepSettings) -> dict[str, Any]:
         "task_params": settings.task_params,
         "method_params": settings.method_params,
         "task_grid": settings.task_grid,
+        "forwards": settings.forwards,
+        "forward_params": settings.forward_params,
     }
 
 
@@ -114,10 +146,14 @@ def identity_row(cell: Cell, registry: Registry, run_id: str) -> dict[str, Any]:
 
     The id hashes everything that makes two cells the same experiment: task and
     its parameters, method and its parameters, truncation, seed, device, dtype,
-    and the versions of rbpbench and of the plugins providing task and method.
+    forward solver and its parameters, and the versions of rbpbench and of the
+    plugins providing task, method and forward solver. The default forward
+    (``iterate``, which has no parameters) is left out of the hash, so that
+    folders written before forward solvers existed keep their ids and resume.
     """
     task_spec, task_origin = registry.tasks[cell.task]
     method_spec, method_origin = registry.methods[cell.method]
+    forward_spec, forward_origin = registry.forwards[cell.forward]
     row = empty_row()
     row.update(
         run_id=run_id,
@@ -126,6 +162,10 @@ def identity_row(cell: Cell, registry: Registry, run_id: str) -> dict[str, Any]:
         method=cell.method,
         method_params=json.dumps(
             {**method_spec.defaults, **dict(cell.method_params)}, sort_keys=True
+        ),
+        forward=cell.forward,
+        forward_params=json.dumps(
+            {**forward_spec.defaults, **dict(cell.forward_params)}, sort_keys=True
         ),
         truncation=cell.truncation,
         seed=cell.seed,
@@ -136,6 +176,7 @@ def identity_row(cell: Cell, registry: Registry, run_id: str) -> dict[str, Any]:
         rbpbench_version=rbpbench.__version__,
         method_distribution=str(method_origin),
         task_distribution=str(task_origin),
+        forward_distribution=str(forward_origin),
     )
     keys = [
         "task",
@@ -150,6 +191,8 @@ def identity_row(cell: Cell, registry: Registry, run_id: str) -> dict[str, Any]:
         "method_distribution",
         "task_distribution",
     ]
+    if cell.forward != DEFAULT_FORWARD or row["forward_params"] != "{}":
+        keys += ["forward", "forward_params", "forward_distribution"]
     fingerprint = json.dumps([row[k] for k in keys], sort_keys=True)
     row["cell_id"] = hashlib.sha256(fingerprint.encode()).hexdigest()[:16]
     return row

@@ -72,9 +72,11 @@ def dry_run(settings: config.SweepSettings) -> int:
     """Print the cells as they are made (none is held), then their number."""
     count = 0
     for cell in plan(settings):
-        params = dict(cell.task_params) | dict(cell.method_params)
+        params = dict(cell.task_params) | dict(cell.method_params) | dict(cell.forward_params)
+        forward = f" forward={cell.forward}" if cell.forward != "iterate" else ""
         print(
-            f"{cell.task} {cell.method} K={cell.truncation} seed={cell.seed} {cell.device} {params or ''}"
+            f"{cell.task} {cell.method} K={cell.truncation} seed={cell.seed} {cell.device}"
+            f"{forward} {params or ''}"
         )
         count += 1
     print(f"{count} cells")
@@ -93,6 +95,7 @@ def command_run(args: argparse.Namespace) -> int:
             config_file=args.config,
             task_params=args.task_param,
             method_params=args.method_param,
+            forward_params=args.forward_param,
         )
         fail_on = config.parse_statuses(args.fail_on) if args.fail_on is not None else []
         api.warn_about_jobs(settings)
@@ -153,6 +156,9 @@ def command_list(args: argparse.Namespace) -> int:
     print("tasks:")
     for name, (task, origin) in registry.tasks.items():
         print(f"  {name:<16} {origin!s:<24} {task.summary}")
+    print("forward solvers:")
+    for name, (forward, origin) in registry.forwards.items():
+        print(f"  {name:<16} {origin!s:<24} {forward.summary}")
     print("suites:")
     for name in config.suite_names():
         print(f"  {name:<16} {config.load_suite(name).get('description', '')}")
@@ -167,7 +173,11 @@ def command_plugins(args: argparse.Namespace) -> int:
     for s in statuses:
         provides = "; ".join(
             f"{kind}: {', '.join(names)}"
-            for kind, names in (("methods", s.methods), ("tasks", s.tasks))
+            for kind, names in (
+                ("methods", s.methods),
+                ("tasks", s.tasks),
+                ("forward solvers", s.forwards),
+            )
             if names
         )
         hooks = ", ".join(s.hooks) or ("(none)" if s.status in ("loaded", "conflict") else "-")
@@ -275,9 +285,24 @@ def add_method_param(run: argparse.ArgumentParser) -> None:
     )
 
 
+def add_forward_param(run: argparse.ArgumentParser) -> None:
+    run.add_argument(
+        "--forward-param",
+        action="append",
+        default=[],
+        metavar="[FORWARD.]KEY=VALUE",
+        help="a forward solver parameter (e.g. tol=1e-6): for every selected forward solver "
+        "that has KEY, or only for FORWARD",
+    )
+
+
 # The flags that write into a parameter table, placed among the options where the table's
 # setting is declared.
-PARAM_OPTIONS = {"task_params": add_task_param, "method_params": add_method_param}
+PARAM_OPTIONS = {
+    "task_params": add_task_param,
+    "method_params": add_method_param,
+    "forward_params": add_forward_param,
+}
 
 
 def make_parser() -> argparse.ArgumentParser:

@@ -136,8 +136,17 @@ SETTINGS: tuple[Setting, ...] = (
         field="devices",
         from_python=listed,
     ),
+    Setting(
+        "forward",
+        "iterate",
+        help="forward solvers that find h*, comma-separated: iterate (T steps of F, the "
+        "default), anderson, broyden, or an installed plugin's",
+        field="forwards",
+        from_python=listed,
+    ),
     Setting("task_params", option=False, field="task_params", table=True),
     Setting("method_params", option=False, field="method_params", table=True),
+    Setting("forward_params", option=False, field="forward_params", table=True),
     Setting("task_grid", option=False, field="task_grid", table=True),
     Setting(
         "jobs",
@@ -550,6 +559,8 @@ class SweepSettings:
     task_params: dict[str, dict[str, Any]] = field(default_factory=dict)
     method_params: dict[str, dict[str, Any]] = field(default_factory=dict)
     task_grid: dict[str, dict[str, list[Any]]] = field(default_factory=dict)
+    forwards: list[str] = field(default_factory=lambda: ["iterate"])
+    forward_params: dict[str, dict[str, Any]] = field(default_factory=dict)
     # Where cells run: the local pool, or a Ray cluster (address None: a local Ray instance).
     executor: str = "local"
     address: str | None = None
@@ -564,6 +575,7 @@ def count_cells(
     seeds: Sequence[int],
     devices: Sequence[str],
     task_grid: Mapping[str, Mapping[str, Sequence[Any]]] | None = None,
+    forwards: Sequence[str] = ("iterate",),
 ) -> int:
     """The number of cells these settings expand to, by arithmetic: nothing is expanded."""
     seed_count = seeds.size if isinstance(seeds, Seeds) else len(seeds)
@@ -571,14 +583,14 @@ def count_cells(
         math.prod(len(values) for values in (task_grid or {}).get(task, {}).values())
         for task in tasks
     )
-    return variants * len(devices) * seed_count * len(methods) * len(truncations)
+    return variants * len(devices) * seed_count * len(forwards) * len(methods) * len(truncations)
 
 
 def check_cell_count(count: int) -> None:
     if count > MAX_CELLS:
         raise UsageError(
             f"the sweep has {count:,} cells, over the limit of {MAX_CELLS:,} per sweep; "
-            "ask for fewer seeds, truncations, methods, tasks, devices or grid values"
+            "ask for fewer seeds, truncations, methods, forwards, tasks, devices or grid values"
         )
 
 
@@ -601,7 +613,7 @@ def parse_executor(
     return executor, address.strip() if address else None, cpus, gpus
 
 
-EXCLUDED = {"seed", "device", "dtype", "diagnostics"}
+EXCLUDED = {"seed", "device", "dtype", "diagnostics", "num_steps"}
 
 
 def accepted_params(function: Any, defaults: Mapping[str, Any]) -> set[str] | None:
@@ -726,6 +738,15 @@ def plugins_of(registry: Registry, kind: str) -> dict[str, Plugin]:
             )
             for name, (spec, _) in registry.tasks.items()
         }
+    if kind == "forward solver":
+        return {
+            name: Plugin(
+                name,
+                accepted_params(spec.solve, spec.defaults),
+                param_defaults(spec.solve, spec.defaults),
+            )
+            for name, (spec, _) in registry.forwards.items()
+        }
     return {
         name: Plugin(
             name,
@@ -737,10 +758,14 @@ def plugins_of(registry: Registry, kind: str) -> dict[str, Plugin]:
 
 
 def check_table_names(
-    merged: Mapping[str, Any], tasks: Sequence[str], methods: Sequence[str]
+    merged: Mapping[str, Any],
+    tasks: Sequence[str],
+    methods: Sequence[str],
+    forwards: Sequence[str] = (),
 ) -> None:
-    """A ``[task_params.NAME]``, ``[task_grid.NAME]`` or ``[method_params.NAME]`` table must
-    name an installed task or method (``tasks``, ``methods``: every installed one).
+    """A ``[task_params.NAME]``, ``[task_grid.NAME]``, ``[method_params.NAME]`` or
+    ``[forward_params.NAME]`` table must name an installed task, method or forward solver
+    (``tasks``, ``methods``, ``forwards``: every installed one).
 
     A misspelt name would otherwise be ignored in silence. A table of an
     installed task or method that this sweep does not select is fine.
@@ -749,6 +774,7 @@ def check_table_names(
         ("task_params", "task", tasks),
         ("task_grid", "task", tasks),
         ("method_params", "method", methods),
+        ("forward_params", "forward solver", forwards),
     ):
         unknown = [name for name in merged.get(key, {}) if name not in known]
         if unknown:
@@ -852,17 +878,29 @@ def resolve(
     *,
     task_param_flags: Mapping[str, Any] | None = None,
     method_param_flags: Mapping[str, Any] | None = None,
+    forward_param_flags: Mapping[str, Any] | None = None,
 ) -> SweepSettings:
     """Check layered settings against the installed plugins.
 
-    ``task_param_flags`` and ``method_param_flags`` are the ``--task-param``
-    and ``--method-param`` flags, ``KEY`` or ``NAME.KEY`` to a value (see
-    :func:`scope_flags`); they override the tables of ``settings``.
+    ``task_param_flags``, ``method_param_flags`` and ``forward_param_flags``
+    are the ``--task-param``, ``--method-param`` and ``--forward-param`` flags,
+    ``KEY`` or ``NAME.KEY`` to a value (see :func:`scope_flags`); they override
+    the tables of ``settings``.
     """
     merged = layer(DEFAULTS, settings)
     tasks = parse_names(merged["tasks"], list(registry.tasks), "task")
     methods = parse_names(merged["methods"], list(registry.methods), "method")
-    check_table_names(merged, list(registry.tasks), list(registry.methods))
+    forwards = parse_names(merged["forward"], list(registry.forwards), "forward solver")
+    check_table_names(merged, list(registry.tasks), list(registry.methods), list(registry.forwards))
+    forward_plugins = plugins_of(registry, "forward solver")
+    forward_flags = scope_flags(
+        forward_param_flags or {}, forwards, forward_plugins, "--forward-param", "forward solver"
+    )
+    for f in forwards:
+        forward_plugins[f].check_params(merged["forward_params"].get(f, {}), "forward_params")
+    forward_params = {
+        f: {**merged["forward_params"].get(f, {}), **forward_flags[f]} for f in forwards
+    }
     task_plugins, method_plugins = plugins_of(registry, "task"), plugins_of(registry, "method")
     task_flags = scope_flags(task_param_flags or {}, tasks, task_plugins, "--task-param", "task")
     method_flags = scope_flags(
@@ -894,6 +932,8 @@ def resolve(
         task_params=task_params,
         method_params=method_params,
         task_grid=task_grid,
+        forwards=forwards,
+        forward_params=forward_params,
         executor=executor,
         address=address,
         cpus_per_cell=cpus_per_cell,
@@ -907,6 +947,7 @@ def resolve(
             resolved.seeds,
             resolved.devices,
             resolved.task_grid,
+            resolved.forwards,
         )
     )
     run_task_checks(task_plugins, task_params, task_grid)

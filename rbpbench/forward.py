@@ -30,9 +30,7 @@ class ForwardMismatch(Exception):
     """A problem and a forward solver that cannot go together (the cell is skipped, saying why)."""
 
 
-def iterate(
-    step: Callable[[State, int], State], h0: State, *, num_steps: int
-) -> ForwardSolution:
+def iterate(step: Callable[[State, int], State], h0: State, *, num_steps: int) -> ForwardSolution:
     """``num_steps`` steps of F from ``h0``, in order: h_{t+1} = F_t(h_t)."""
     h = h0
     for t in range(num_steps):
@@ -109,8 +107,9 @@ def solver_evaluations(problem: Problem) -> int:
     return calls
 
 
-def solve_with_graph(problem: Problem, graph_evaluations: int | None = None) -> State:
-    """h* with an autograd graph over the solver's last ``graph_evaluations`` evaluations of F.
+def solve_with_graph(problem: Problem, graph_evaluations: int | None = None) -> tuple[State, int]:
+    """h* with an autograd graph over the solver's last ``graph_evaluations`` evaluations of F,
+    and how many evaluations have one.
 
     None: over all of them (BPTT through the whole solve). Earlier evaluations
     run without a graph, so what the solver computes from them is a constant.
@@ -124,7 +123,7 @@ def solve_with_graph(problem: Problem, graph_evaluations: int | None = None) -> 
             "(it declares differentiable=False)"
         )
     if graph_evaluations is not None and graph_evaluations <= 0:
-        return solve(problem)
+        return solve(problem), 0
     first_with_graph = 0
     if graph_evaluations is not None:
         first_with_graph = max(0, solver_evaluations(problem) - graph_evaluations)
@@ -139,7 +138,8 @@ def solve_with_graph(problem: Problem, graph_evaluations: int | None = None) -> 
         return problem.step(h, t)
 
     with torch.enable_grad():
-        return _run(problem, step).state
+        h_star = _run(problem, step).state
+    return h_star, max(0, calls - first_with_graph)
 
 
 def run_without_graph(problem: Problem, num_steps: int) -> State:

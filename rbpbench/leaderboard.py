@@ -36,6 +36,9 @@ from rbpbench.stats import Aggregate, t_interval, wilson_interval
 
 FORMATS = ("text", "markdown", "html", "csv")
 REFERENCE = "bptt"
+DEFAULT_FORWARD = "iterate"
+# backward_vjps + backward_jvps, added by prepared(): one cost axis for every method
+JACOBIAN_PRODUCTS = "jacobian_products"
 # A table needs these, filled in every row; every other column is optional.
 REQUIRED = ("cell_id", "task", "method", "truncation", "seed", "status")
 # Optional columns the leaderboard and the report read as text: null where a table lacks them.
@@ -50,6 +53,8 @@ LEGEND = (
     "the percentage of all cells with the 95% Wilson interval in brackets, a failed cell "
     "counting as a failure; (n of N): only n of the method's N cells have the figure; "
     "ratios are BPTT's cost divided by the method's, per seed (as in the paper's Table 3); "
+    "METHOD @ FORWARD: the method on that forward solver (a bare name: on iterate), its "
+    "gradient errors still against BPTT through iterate and the exact gradient; "
     "the best of each column (ties at the printed precision included) is "
 )
 MARKS = {"text": "marked *", "markdown": "in bold", "html": "in bold green"}
@@ -126,6 +131,13 @@ CATALOGUE: tuple[Metric, ...] = (
         kind="ratio",
         vs_bptt=True,
         unit="x",
+    ),
+    Metric("forward_evaluations", "F evaluations", "forward_evaluations", fmt=".4g"),
+    Metric(
+        "jacobian_products",
+        "Jacobian products in the backward pass (J^T v and J v)",
+        JACOBIAN_PRODUCTS,
+        fmt=".4g",
     ),
     Metric("train_time", "training time", "train_time_s", unit="seconds"),
     Metric("adjoint_converged", "adjoint converged", ADJOINT, None, kind="share"),
@@ -261,7 +273,31 @@ def prepared(frame: pd.DataFrame) -> pd.DataFrame:
         seed=_whole_numbers(frame, "seed"),
     )
     absent = {c: pd.Series(pd.NA, index=frame.index, dtype="string") for c in TEXT_COLUMNS}
-    return frame.assign(**{c: v for c, v in absent.items() if c not in frame})
+    frame = frame.assign(**{c: v for c, v in absent.items() if c not in frame})
+    return with_costs(with_forward_labels(frame))
+
+
+def with_forward_labels(frame: pd.DataFrame) -> pd.DataFrame:
+    """Rows on another forward solver than ``iterate`` are methods of their own: METHOD @ FORWARD.
+
+    A row without a forward (a table older than the column) ran on iterate.
+    """
+    if "forward" not in frame:
+        return frame
+    forward = frame["forward"].astype("string").fillna(DEFAULT_FORWARD)
+    other = forward != DEFAULT_FORWARD
+    if not other.any():
+        return frame.assign(forward=forward)
+    labels = frame.method.where(~other, frame.method + " @ " + forward)
+    return frame.assign(forward=forward, method=labels.astype("string"))
+
+
+def with_costs(frame: pd.DataFrame) -> pd.DataFrame:
+    """The Jacobian products of the backward pass, J^T v and J v together, where both are counted."""
+    if "backward_vjps" not in frame or "backward_jvps" not in frame:
+        return frame
+    total = pd.to_numeric(frame.backward_vjps) + pd.to_numeric(frame.backward_jvps)
+    return frame.assign(**{JACOBIAN_PRODUCTS: total.astype("float64")})
 
 
 def _varying_params(rows: pd.DataFrame) -> pd.DataFrame:

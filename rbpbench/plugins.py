@@ -28,7 +28,9 @@ from typing import Any
 
 import pluggy
 
+import rbpbench
 from rbpbench import hookspecs
+from rbpbench.forward import ITERATE
 from rbpbench.problem import ForwardSolverSpec, MethodSpec, TaskSpec
 
 ENTRY_POINT_GROUP = "rbpbench"
@@ -78,13 +80,23 @@ class Origin:
         return f"{self.distribution} {self.version}"
 
 
+def core_origin() -> Origin:
+    return Origin("rbpbench", "rbpbench", rbpbench.__version__)
+
+
+def core_forwards() -> dict[str, tuple[ForwardSolverSpec, Origin]]:
+    """``iterate``, the forward pass the paper defines and every problem falls back on: part of
+    rbpbench itself, present whichever plugins load (a plugin may not take its name)."""
+    return {ITERATE.name: (ITERATE, core_origin())}
+
+
 @dataclass
 class Registry:
-    """Every method and task the loaded plugins contribute, each with its origin."""
+    """Every method, task and forward solver the loaded plugins contribute, each with its origin."""
 
     methods: dict[str, tuple[MethodSpec, Origin]] = field(default_factory=dict)
     tasks: dict[str, tuple[TaskSpec, Origin]] = field(default_factory=dict)
-    forwards: dict[str, tuple[ForwardSolverSpec, Origin]] = field(default_factory=dict)
+    forwards: dict[str, tuple[ForwardSolverSpec, Origin]] = field(default_factory=core_forwards)
     # plugin name -> why it failed (one line), for every plugin that did
     load_errors: dict[str, str] = field(default_factory=dict)
     # plugin name -> the names of the hooks it implements, for every loaded plugin

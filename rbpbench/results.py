@@ -81,7 +81,9 @@ SCHEMA: tuple[Column, ...] = (
         "forward solver that found h* (iterate: T steps of F; rows older than the column: iterate)",
         added=True,
     ),
-    Column("forward_params", STRING, "forward solver parameters as JSON (defaults merged)", added=True),
+    Column(
+        "forward_params", STRING, "forward solver parameters as JSON (defaults merged)", added=True
+    ),
     Column(
         "truncation",
         INTEGER,

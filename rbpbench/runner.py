@@ -1,9 +1,11 @@
 """Running one cell, inside a worker process.
 
-Running a cell builds the task's problem, computes the method's gradient (a
-first pass for the values and diagnostics, which also warms up; a timing
-pass; a memory pass), and compares the gradient with BPTT's on the same
-problem and with the exact one where the task has it. Whatever happens, the
+Running a cell builds the task's problem, binds the cell's forward solver to
+it, computes the method's gradient (a first pass for the values and
+diagnostics, which also warms up; a timing pass; a memory pass, which also
+counts F evaluations and Jacobian products), and compares the gradient with
+BPTT's through plain iteration on the same problem and with the exact one where
+the task has it: the same references whatever the forward solver. Whatever happens, the
 result is a row: an exception becomes ``error`` (or ``oom``), a non-finite
 loss, state or gradient becomes ``diverged``.
 """
@@ -32,12 +34,20 @@ from rbpbench.convergence import (
     forward_facts,
     split_params,
 )
+from rbpbench.costs import counted
 from rbpbench.data import DatasetUnavailable
-from rbpbench.forward import run_without_graph
+from rbpbench.forward import ForwardMismatch, check_forward, solve
 from rbpbench.linearisation import LinearisedStep
 from rbpbench.methods.unrolled import bptt
 from rbpbench.plugins import Registry
-from rbpbench.problem import Curves, GradientResult, Problem, TrainingRun, check_result
+from rbpbench.problem import (
+    BoundForward,
+    Curves,
+    GradientResult,
+    Problem,
+    TrainingRun,
+    check_result,
+)
 from rbpbench.results import (
     DIVERGED,
     ERROR,
@@ -102,12 +112,13 @@ def problem_facts(
     dense_max: int = measure.DENSE_MAX_STATE,
     products: int = measure.SPECTRAL_PRODUCTS,
 ) -> ProblemFacts:
-    """One forward to h_{T-1}; from there the forward's residual, g, and rho(J).
+    """One forward to h* (h_{T-1} with ``iterate``); from there the forward's residual, g,
+    and rho(J).
 
-    rho(J) is that of the linearisation the RBP family uses: the last step, or
+    rho(J) is that of the linearisation the RBP family uses: the final step, or
     the first adjoint step where the problem names some.
     """
-    h_prev = run_without_graph(problem, problem.num_steps - 1)
+    h_prev = solve(problem)
     linearised = problem.adjoint_steps[0] if problem.adjoint_steps else None
     step = LinearisedStep(problem, h_prev, linearised)
     radius = measure.spectral_radius(
@@ -128,12 +139,20 @@ class CellRunner:
     _references: dict[tuple[Any, ...], References] = field(default_factory=dict)
     _facts: dict[tuple[Any, ...], ProblemFacts] = field(default_factory=dict)
 
-    def problem(self, cell: Cell) -> Problem:
+    def problem(self, cell: Cell, *, with_forward: bool = True) -> Problem:
+        """The cell's problem, with the cell's forward solver bound (``with_forward``) or with
+        plain iteration (the references)."""
         spec = self.registry.task(cell.task)
         params, _ = split_params({**spec.defaults, **dict(cell.task_params)})
-        return spec.build(
+        problem = spec.build(
             seed=cell.seed, device=torch.device(cell.device), dtype=spec.dtype, **params
         )
+        if with_forward:
+            forward = self.registry.forward(cell.forward)
+            problem.forward = BoundForward(
+                forward, {**forward.defaults, **dict(cell.forward_params)}
+            )
+        return problem
 
     def tolerances(self, cell: Cell) -> Tolerances:
         _, overrides = split_params(dict(cell.task_params))
@@ -142,7 +161,7 @@ class CellRunner:
     def references(self, cell: Cell) -> References:
         key = (cell.task, cell.task_params, cell.seed, cell.device)
         if key not in self._references:
-            problem = self.problem(cell)
+            problem = self.problem(cell, with_forward=False)
             exact = problem.exact_gradient() if problem.exact_gradient else None
             reference = bptt(problem, 0, diagnostics=False)
             # Cells come task- and seed-major, so one entry suffices and large
@@ -151,7 +170,14 @@ class CellRunner:
         return self._references[key]
 
     def facts(self, cell: Cell, problem: Problem) -> ProblemFacts:
-        key = (cell.task, cell.task_params, cell.seed, cell.device)
+        key = (
+            cell.task,
+            cell.task_params,
+            cell.seed,
+            cell.device,
+            cell.forward,
+            cell.forward_params,
+        )
         if key not in self._facts:
             self._facts = {
                 key: problem_facts(
@@ -175,7 +201,7 @@ class CellRunner:
             if row["status"] == OK and self.registry.task(cell.task).train is not None:
                 trained, curves = self._train(cell)
                 row.update(trained)
-        except DatasetUnavailable as exc:
+        except (DatasetUnavailable, ForwardMismatch) as exc:
             row.update(status=SKIPPED, error=str(exc))
         except Exception as exc:
             row.update(
@@ -192,9 +218,10 @@ class CellRunner:
         params = {**spec.defaults, **dict(cell.method_params)}
         device = torch.device(cell.device)
         problem = self.problem(cell)
+        check_forward(problem)  # a time-varying problem with an accelerated forward: skipped
 
-        def compute(diagnostics: bool) -> GradientResult:
-            return spec.compute(problem, cell.truncation, diagnostics=diagnostics, **params)
+        def compute(diagnostics: bool, on: Problem = problem) -> GradientResult:
+            return spec.compute(on, cell.truncation, diagnostics=diagnostics, **params)
 
         result = compute(True)  # values and diagnostics; also the warm-up
         check_result(result, problem)
@@ -213,10 +240,14 @@ class CellRunner:
         facts = self.facts(cell, problem)
         refs = self.references(cell)
         wall, repeats = measure.median_wall_time(lambda: compute(False), device)
-        memory = measure.peak_memory(lambda: compute(False), device)
+        # The memory pass runs on a copy of the problem whose steps count their use: the
+        # counting costs no memory a figure would notice, and the timed pass runs without it.
+        counting, costs = counted(problem)
+        memory = measure.peak_memory(lambda: compute(False, counting), device)
         both = result.grads_f + result.grads_g
         return {
             **figures,
+            **costs.columns(),
             **self._convergence(cell, problem, result),
             "status": OK,
             "grad_rel_error": measure.relative_error(result.grads_f, refs.bptt_f),

@@ -23,6 +23,7 @@ CLI_ONLY = {
     "config",
     "task_param",
     "method_param",
+    "forward_param",
     "out",
     "data_dir",
     "retry_failed",
@@ -44,7 +45,7 @@ def test_the_declaration_names_each_setting_once() -> None:
     assert len(keys) == len(set(keys))
     assert set(keys) == KEYS
     assert set(DEFAULTS) <= KEYS
-    assert TABLES == ("task_params", "method_params", "task_grid")
+    assert TABLES == ("task_params", "method_params", "forward_params", "task_grid")
     assert all(not s.option for s in SETTINGS if s.table)
 
 
@@ -102,7 +103,7 @@ README = Path(__file__).resolve().parents[1] / "README.md"
 NOT_IN_README = {
     "the cell's identity": (
         "cell_id", "task", "task_params", "method", "method_params", "truncation", "seed",
-        "device", "dtype",
+        "device", "dtype", "forward", "forward_params",
     ),
     "its outcome, as the method reported it": ("status", "error", "loss"),
     "training tasks' figures, described with each task in docs/tasks/": (
@@ -111,7 +112,7 @@ NOT_IN_README = {
     ),
     "provenance: which run, software and machine": (
         "run_id", "torch_version", "rbpbench_version", "method_distribution",
-        "task_distribution", "worker", "node",
+        "task_distribution", "forward_distribution", "worker", "node",
     ),
 }  # fmt: skip
 

@@ -1,12 +1,12 @@
-"""Registers the built-in forward solvers; found through the ``rbpbench`` entry-point group."""
+"""Registers the built-in accelerated forward solvers; found through the ``rbpbench`` entry-point
+group. (``iterate``, the default, is part of rbpbench's core: :mod:`rbpbench.forward`.)"""
 
 from __future__ import annotations
 
-from rbpbench.forward import ITERATE
 from rbpbench.hookspecs import hookimpl
 from rbpbench.problem import ForwardSolverSpec
 
 
 @hookimpl
 def rbpbench_forward_solvers() -> list[ForwardSolverSpec]:
-    return [ITERATE]
+    return []

@@ -1,1 +1,2 @@
-"""The paper's five gradient methods, registered through the plugin host like any third party's."""
+"""The built-in gradient methods (the paper's five, jfb and phantom), registered through the
+plugin host like any third party's."""

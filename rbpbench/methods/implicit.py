@@ -1,7 +1,7 @@
 """The recurrent back-propagation family: RBP, CG-RBP and Neumann-RBP, and the factory behind them.
 
-All three run the first T - 1 steps without a graph, keep a graph for the
-last step only, solve the adjoint system (I - J^T) z = dL/dh at that step with
+All three find h* with the cell's forward solver and no graph (T - 1 steps
+of ``iterate``), keep a graph for the final step only, solve the adjoint system (I - J^T) z = dL/dh at that step with
 their own solver from :mod:`rbpbench.adjoint`, and return (dF/dw_F)^T z. Their
 memory therefore does not grow with T. A problem may name other maps to
 linearise instead of the last step (``Problem.adjoint_steps``, e.g. a
@@ -21,10 +21,9 @@ from typing import Any
 
 import torch
 
-from rbpbench import adjoint
+from rbpbench import adjoint, forward
 from rbpbench import state as S
 from rbpbench.adjoint import AdjointSolution, AdjointSolver
-from rbpbench.forward import run_without_graph
 from rbpbench.linearisation import LinearisedStep, LossTerms
 from rbpbench.problem import GradientResult, MethodSpec, Problem
 from rbpbench.state import State
@@ -36,12 +35,13 @@ Solve = Callable[[LinearisedStep, State], AdjointSolution]
 def implicit_gradient(problem: Problem, solve: Solve, *, diagnostics: bool) -> GradientResult:
     """The implicit gradient with every diagnostic, ``solve(step, g)`` giving the adjoint z.
 
-    Runs T - 1 steps without a graph, linearises the last (or each of
+    Finds h* with the problem's forward solver and no graph (T - 1 steps of
+    ``iterate``), linearises the final step there (or each of
     ``problem.adjoint_steps``), takes g = dL/dh_T, calls ``solve`` and returns
     (dF/dw_F)^T z plus the direct partials; ``diagnostics=False`` skips the
     backward residual (one more Jacobian product).
     """
-    h_prev = run_without_graph(problem, problem.num_steps - 1)
+    h_prev = forward.solve(problem)
     if not problem.adjoint_steps:
         step = LinearisedStep(problem, h_prev)
         return one_linearisation(problem, step, solve, diagnostics=diagnostics)

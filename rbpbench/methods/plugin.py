@@ -1,8 +1,9 @@
-"""Registers the five paper methods; found through the ``rbpbench`` entry-point group."""
+"""Registers the five paper methods and jfb and phantom; found through the ``rbpbench`` entry-point group."""
 
 from __future__ import annotations
 
 from rbpbench.hookspecs import hookimpl
+from rbpbench.methods.equilibrium import JFB, PHANTOM
 from rbpbench.methods.implicit import CG_RBP, NEUMANN_RBP, RBP
 from rbpbench.methods.unrolled import bptt, tbptt
 from rbpbench.problem import MethodSpec
@@ -18,4 +19,6 @@ def rbpbench_methods() -> list[MethodSpec]:
         RBP,
         CG_RBP,
         NEUMANN_RBP,
+        JFB,
+        PHANTOM,
     ]

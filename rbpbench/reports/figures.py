@@ -175,9 +175,15 @@ def pareto_front(points: list[tuple[float, float]]) -> list[tuple[float, float]]
 
 
 def tradeoff(group: Group, path: Path) -> bool:
-    """Gradient error against wall time and against peak memory, per method and K (a Pareto view)."""
+    """Gradient error against wall time, peak memory and the backward pass's Jacobian products
+    (where counted), per method and K (a Pareto view)."""
     error = _table(group, "grad_error_exact", "grad_error")
-    costs = [t for t in (_table(group, "wall_time"), _table(group, "peak_memory")) if t is not None]
+    tables = (
+        _table(group, "wall_time"),
+        _table(group, "peak_memory"),
+        _table(group, "jacobian_products"),
+    )
+    costs = [t for t in tables if t is not None]
     if error is None or not costs:
         return False
     palette = colours(group.methods)

@@ -273,7 +273,8 @@ def _group_section(
     )
     page.figure(
         f"{slug}-tradeoff",
-        "Trade-off: gradient error against wall time and against peak memory, one point "
+        "Trade-off: gradient error against wall time, peak memory and the Jacobian products "
+        "of the backward pass (J^T v and J v, counted by the harness), one point "
         "per method and K (means over seeds); the dashed line joins the points that no "
         "other beats in both error and cost.",
         lambda p: figures.tradeoff(group, p),

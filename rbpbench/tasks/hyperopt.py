@@ -215,6 +215,7 @@ class InnerTraining:
             loss=self.meta_loss,
             seed=seed,
             adjoint_steps=self.adjoint_steps(),
+            time_varying=True,  # a mini-batch per step: no fixed point for a solver to find
         )
 
     @torch.no_grad()

@@ -1,0 +1,182 @@
+"""The forward building blocks and the forward axis of a sweep."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from pathlib import Path
+
+import pandas as pd
+import pytest
+import torch
+
+from rbpbench import state as S
+from rbpbench.cells import Cell, identity_row
+from rbpbench.cli import main
+from rbpbench.forward import (
+    ITERATE,
+    ForwardMismatch,
+    final_step,
+    run_without_graph,
+    solve,
+    solve_with_graph,
+    solver_evaluations,
+)
+from rbpbench.problem import BoundForward, ForwardSolution, ForwardSolverSpec, Problem
+from rbpbench.runner import CellRunner
+from tests.conftest import contractive_problem
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def cli(capsys: pytest.CaptureFixture[str], *args: str) -> tuple[int, str, str]:
+    code = main(list(args))
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+def halving(step, h0, *, num_steps, tol: float = 1e-13):
+    """A toy accelerated solver: iterate, but stop at a tolerance (not in order: a different
+    count of evaluations than iterate)."""
+    h, iterations = h0, 0
+    for iterations in range(1, 10_000):
+        h_next = step(h, iterations)
+        change, size = S.norm(S.sub(h_next, h)).detach(), S.norm(h_next).detach()
+        if float(change) <= tol * float(size):
+            return ForwardSolution(h_next, iterations)
+        h = h_next
+    return ForwardSolution(h, iterations)
+
+
+STOPPING = ForwardSolverSpec("stopping", halving, "iterate to a tolerance", {"tol": 1e-13})
+
+
+def test_iterate_is_the_paper_forward() -> None:
+    problem = contractive_problem(steps=40)
+    assert torch.equal(solve(problem), run_without_graph(problem, 39))
+    h, with_graph = solve_with_graph(problem, 5)
+    assert with_graph == 5 and h.requires_grad
+    assert solver_evaluations(problem) == 39
+
+
+def test_graph_over_the_last_evaluations_of_another_solver() -> None:
+    problem = dataclasses.replace(
+        contractive_problem(steps=40, spectral_norm=0.5), forward=BoundForward(STOPPING)
+    )
+    total = solver_evaluations(problem)
+    assert total > 10
+    h, with_graph = solve_with_graph(problem, 4)
+    assert with_graph == 4
+    h_all, with_graph = solve_with_graph(problem)
+    assert with_graph == total
+    assert torch.allclose(h.detach(), h_all.detach(), rtol=0, atol=0)
+    # the graph spans the last four evaluations only: BPTT through them equals a hand-written one
+    loss = problem.loss(final_step(problem, h))
+    grads = torch.autograd.grad(loss, problem.params_f)
+    start = run_without_graph(problem, total - 4)
+    with torch.enable_grad():
+        x = start
+        for _ in range(5):
+            x = problem.step(x, 0)
+        expected = torch.autograd.grad(problem.loss(x), problem.params_f)
+    for a, b in zip(grads, expected, strict=True):
+        assert torch.allclose(a, b, rtol=1e-12, atol=1e-14)
+
+
+def test_a_time_varying_problem_refuses_an_out_of_order_solver() -> None:
+    problem = dataclasses.replace(
+        contractive_problem(steps=10), time_varying=True, forward=BoundForward(STOPPING)
+    )
+    with pytest.raises(ForwardMismatch, match="depends on t"):
+        solve(problem)
+    solve(dataclasses.replace(problem, forward=BoundForward(ITERATE)))
+
+
+def test_a_solver_that_returns_something_else_is_named() -> None:
+    broken = ForwardSolverSpec("broken", lambda step, h0, *, num_steps: h0, "returns a tensor")
+    problem = dataclasses.replace(contractive_problem(steps=10), forward=BoundForward(broken))
+    with pytest.raises(TypeError, match="forward solver broken returned Tensor"):
+        solve(problem)
+
+
+def test_the_default_forward_keeps_the_cell_ids_of_committed_results(registry) -> None:
+    """A folder written before forward solvers existed still resumes: same cell ids."""
+    table = pd.read_parquet(ROOT / "results" / "hopfield-table1" / "results.parquet")
+    row = table.iloc[0]
+    method = registry.method(str(row.method))
+    task = registry.task(str(row.task))
+    task_params = {
+        k: v for k, v in json.loads(row.task_params).items() if task.defaults.get(k) != v
+    }
+    method_params = {
+        k: v for k, v in json.loads(row.method_params).items() if method.defaults.get(k) != v
+    }
+    cell = Cell(
+        str(row.task),
+        str(row.method),
+        int(row.truncation),
+        int(row.seed),
+        str(row.device),
+        tuple(sorted(task_params.items())),
+        tuple(sorted(method_params.items())),
+    )
+    fresh = identity_row(cell, registry, "run")
+    if fresh["rbpbench_version"] != row.rbpbench_version:
+        pytest.skip("rbpbench's version changed since the folder was written")
+    assert fresh["cell_id"] == row.cell_id
+    assert fresh["forward"] == "iterate" and fresh["forward_params"] == "{}"
+    with_stopping = dataclasses.replace(
+        registry, forwards={**registry.forwards, "stopping": (STOPPING, fresh_origin(registry))}
+    )
+    other = identity_row(dataclasses.replace(cell, forward="stopping"), with_stopping, "run")
+    assert other["cell_id"] != row.cell_id
+
+
+def fresh_origin(registry):
+    return registry.forwards["iterate"][1]
+
+
+def test_a_time_varying_task_with_an_accelerated_forward_is_a_skipped_row(registry) -> None:
+    registry = dataclasses.replace(
+        registry, forwards={**registry.forwards, "stopping": (STOPPING, fresh_origin(registry))}
+    )
+    runner = CellRunner(registry, "run")
+    original = runner.problem
+
+    def time_varying(cell: Cell, *, with_forward: bool = True) -> Problem:
+        return dataclasses.replace(original(cell, with_forward=with_forward), time_varying=True)
+
+    runner.problem = time_varying  # type: ignore[method-assign]
+    cell = Cell("contractive-rnn", "neumann-rbp", 5, 0, "cpu", (("steps", 20),), (), "stopping")
+    row = runner.run(cell).row
+    assert row["status"] == "skipped" and "depends on t" in row["error"]
+    row = runner.run(dataclasses.replace(cell, forward="iterate")).row
+    assert row["status"] == "ok"
+
+
+def test_unknown_forward_and_forward_parameter_are_one_line(capsys, tmp_path) -> None:
+    code, _, err = cli(capsys, "run", "--forward", "newton", "--out", str(tmp_path / "a"))
+    assert (
+        code == 2 and "unknown forward solver newton" in err and len(err.strip().splitlines()) == 1
+    )
+    code, _, err = cli(capsys, "run", "--forward-param", "window=3", "--out", str(tmp_path / "b"))
+    assert code == 2 and "iterate has no parameter window" in err
+    assert not (tmp_path / "a").exists() and not (tmp_path / "b").exists()
+
+
+def test_rows_carry_the_forward_and_its_costs(tmp_path) -> None:
+    from rbpbench import run
+
+    frame = run(
+        tasks="contractive-rnn",
+        methods="neumann-rbp,jfb",
+        truncation=[3],
+        seeds=[0],
+        task_params={"steps": 30},
+        out=tmp_path / "out",
+        progress=False,
+    )
+    assert list(frame.forward) == ["iterate", "iterate"]
+    assert list(frame.forward_evaluations) == [30, 30]
+    assert list(frame.backward_vjps) == [4, 1]
+    assert list(frame.backward_jvps) == [0, 0]
