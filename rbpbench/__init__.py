@@ -6,6 +6,10 @@ listed in ``__all__``); the submodules are the implementation:
 - the contracts: :class:`Problem`, :class:`GradientResult`, :class:`MethodSpec`,
   :class:`TaskSpec`, :class:`TrainingRun`, :class:`TrainingOutcome`,
   :class:`Curve`, :class:`TaskFigure`, :data:`hookimpl`, :func:`check_result`;
+- forward solvers: :class:`ForwardSolverSpec`, :class:`ForwardSolution`,
+  :class:`BoundForward`, and the forward building blocks every method uses:
+  :func:`solve_forward` (h* without a graph), :func:`solve_with_graph`,
+  :func:`final_step`;
 - the building blocks of an implicit method: :func:`run_without_graph`,
   :class:`LinearisedStep`, :class:`LossTerms`, :func:`implicit_gradient`, and
   :func:`implicit_method`, which makes a method of an adjoint solver;
@@ -37,13 +41,16 @@ from rbpbench.adjoint import (
     fixed_point,
     neumann,
 )
-from rbpbench.forward import run_without_graph
+from rbpbench.forward import final_step, run_without_graph, solve_forward, solve_with_graph
 from rbpbench.gradients import grads_or_none, grads_or_zeros
 from rbpbench.hookspecs import hookimpl
 from rbpbench.linearisation import LinearisedStep, LossTerms
 from rbpbench.methods.implicit import implicit_gradient, implicit_method
 from rbpbench.problem import (
+    BoundForward,
     Curve,
+    ForwardSolution,
+    ForwardSolverSpec,
     GradientResult,
     MethodSpec,
     Problem,
@@ -92,8 +99,11 @@ def __dir__() -> list[str]:
 __all__ = [
     "AdjointSolution",
     "AdjointSolver",
+    "BoundForward",
     "ConformanceError",
     "Curve",
+    "ForwardSolution",
+    "ForwardSolverSpec",
     "GradientResult",
     "JacobianOperator",
     "LinearisedStep",
@@ -111,6 +121,7 @@ __all__ = [
     "cg_normal_equations",
     "check_method",
     "check_result",
+    "final_step",
     "fixed_point",
     "grads_or_none",
     "grads_or_zeros",
@@ -121,5 +132,7 @@ __all__ = [
     "neumann",
     "run",
     "run_without_graph",
+    "solve_forward",
+    "solve_with_graph",
     "state",
 ]

@@ -7,7 +7,7 @@ step starts from; the final step h_T = F(h*) is taken by the method's building
 blocks. With ``iterate`` h* is h_{T-1}: T - 1 steps of F, then the final one,
 as the paper's methods always did.
 
-- :func:`solve` gives h* without a graph: the RBP family linearises the final
+- :func:`solve_forward` gives h* without a graph: the RBP family linearises the final
   step there (:class:`rbpbench.linearisation.LinearisedStep`), and the
   phantom gradient and JFB start from it;
 - :func:`solve_with_graph` gives h* with a graph over the solver's last few
@@ -75,7 +75,7 @@ def _run(problem: Problem, step: Callable[[State, int], State]) -> ForwardSoluti
     return solution
 
 
-def solve(problem: Problem) -> State:
+def solve_forward(problem: Problem) -> State:
     """h*, the point the final step starts from, with no autograd graph kept."""
     with torch.no_grad():
         return S.detach(_run(problem, problem.step).state)
@@ -123,7 +123,7 @@ def solve_with_graph(problem: Problem, graph_evaluations: int | None = None) -> 
             "(it declares differentiable=False)"
         )
     if graph_evaluations is not None and graph_evaluations <= 0:
-        return solve(problem), 0
+        return solve_forward(problem), 0
     first_with_graph = 0
     if graph_evaluations is not None:
         first_with_graph = max(0, solver_evaluations(problem) - graph_evaluations)

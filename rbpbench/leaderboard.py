@@ -53,11 +53,13 @@ LEGEND = (
     "the percentage of all cells with the 95% Wilson interval in brackets, a failed cell "
     "counting as a failure; (n of N): only n of the method's N cells have the figure; "
     "ratios are BPTT's cost divided by the method's, per seed (as in the paper's Table 3); "
-    "METHOD @ FORWARD: the method on that forward solver (a bare name: on iterate), its "
-    "gradient errors still against BPTT through iterate and the exact gradient; "
     "the best of each column (ties at the printed precision included) is "
 )
 MARKS = {"text": "marked *", "markdown": "in bold", "html": "in bold green"}
+FORWARD_LEGEND = (
+    "METHOD @ FORWARD: the method on that forward solver (a bare name: on iterate); its "
+    "gradient errors are still against BPTT through iterate and against the exact gradient"
+)
 UNCONVERGED_LEGEND = (
     f"{UNCONVERGED_MARK}n: the figure includes n cells whose forward pass did not converge "
     f"({FORWARD} false)"
@@ -603,6 +605,8 @@ def legend(board: Sequence[Group], marks: str) -> str:
     text = LEGEND + marks
     if any(group.unconverged for group in board):
         text += f"; {UNCONVERGED_LEGEND}"
+    if any(" @ " in method for group in board for method in group.methods):
+        text += f"; {FORWARD_LEGEND}"
     return text + "."
 
 

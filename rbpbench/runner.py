@@ -36,7 +36,7 @@ from rbpbench.convergence import (
 )
 from rbpbench.costs import counted
 from rbpbench.data import DatasetUnavailable
-from rbpbench.forward import ForwardMismatch, check_forward, solve
+from rbpbench.forward import ForwardMismatch, check_forward, solve_forward
 from rbpbench.linearisation import LinearisedStep
 from rbpbench.methods.unrolled import bptt
 from rbpbench.plugins import Registry
@@ -118,7 +118,7 @@ def problem_facts(
     rho(J) is that of the linearisation the RBP family uses: the final step, or
     the first adjoint step where the problem names some.
     """
-    h_prev = solve(problem)
+    h_prev = solve_forward(problem)
     linearised = problem.adjoint_steps[0] if problem.adjoint_steps else None
     step = LinearisedStep(problem, h_prev, linearised)
     radius = measure.spectral_radius(

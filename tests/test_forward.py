@@ -18,7 +18,7 @@ from rbpbench.forward import (
     ForwardMismatch,
     final_step,
     run_without_graph,
-    solve,
+    solve_forward,
     solve_with_graph,
     solver_evaluations,
 )
@@ -53,7 +53,7 @@ STOPPING = ForwardSolverSpec("stopping", halving, "iterate to a tolerance", {"to
 
 def test_iterate_is_the_paper_forward() -> None:
     problem = contractive_problem(steps=40)
-    assert torch.equal(solve(problem), run_without_graph(problem, 39))
+    assert torch.equal(solve_forward(problem), run_without_graph(problem, 39))
     h, with_graph = solve_with_graph(problem, 5)
     assert with_graph == 5 and h.requires_grad
     assert solver_evaluations(problem) == 39
@@ -88,15 +88,15 @@ def test_a_time_varying_problem_refuses_an_out_of_order_solver() -> None:
         contractive_problem(steps=10), time_varying=True, forward=BoundForward(STOPPING)
     )
     with pytest.raises(ForwardMismatch, match="depends on t"):
-        solve(problem)
-    solve(dataclasses.replace(problem, forward=BoundForward(ITERATE)))
+        solve_forward(problem)
+    solve_forward(dataclasses.replace(problem, forward=BoundForward(ITERATE)))
 
 
 def test_a_solver_that_returns_something_else_is_named() -> None:
     broken = ForwardSolverSpec("broken", lambda step, h0, *, num_steps: h0, "returns a tensor")
     problem = dataclasses.replace(contractive_problem(steps=10), forward=BoundForward(broken))
     with pytest.raises(TypeError, match="forward solver broken returned Tensor"):
-        solve(problem)
+        solve_forward(problem)
 
 
 def test_the_default_forward_keeps_the_cell_ids_of_committed_results(registry) -> None:

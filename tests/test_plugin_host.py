@@ -445,3 +445,36 @@ def test_the_fake_distributions_are_seen(site: Path) -> None:
     write_module(site, "host_fake", GOOD, method="host-fake")
     registry = load_registry(warn=False)
     assert str(registry.methods["host-fake"][1]) == "rbpbench-host-fake 3.1"
+
+
+# -- forward solvers are contributed, checked and listed as methods and tasks are ---------------
+
+
+def test_forward_solvers_are_contributed_like_methods(capsys: pytest.CaptureFixture[str]) -> None:
+    from rbpbench.forward import iterate
+    from rbpbench.problem import ForwardSolverSpec
+
+    solver = ForwardSolverSpec("host-forward", iterate, "a forward solver", in_order=True)
+    registry = load_registry(
+        extra_plugins=[("fine", plugin_returning([solver], "rbpbench_forward_solvers"))],
+        warn=False,
+    )
+    assert registry.forwards["host-forward"][1].plugin == "fine"
+    assert "iterate" in registry.forwards  # rbpbench's own, whatever the plugins
+    odd = load_registry(
+        extra_plugins=[("odd", plugin_returning([SPEC], "rbpbench_forward_solvers"))], warn=False
+    )
+    assert "expected ForwardSolverSpec objects" in odd.load_errors["odd"]
+    twice = load_registry(
+        extra_plugins=[("odd", plugin_returning([solver, solver], "rbpbench_forward_solvers"))],
+        warn=False,
+    )
+    assert "returned two forward solvers named 'host-forward'" in twice.load_errors["odd"]
+    taken = ForwardSolverSpec("iterate", iterate, "takes the core's name")
+    with pytest.raises(PluginError, match="forward solver 'iterate' is provided by two plugins"):
+        load_registry(
+            extra_plugins=[("thief", plugin_returning([taken], "rbpbench_forward_solvers"))],
+            warn=False,
+        )
+    code, out, _ = cli(capsys, "list")
+    assert code == 0 and "forward solvers:" in out and "iterate" in out.split("forward solvers:")[1]

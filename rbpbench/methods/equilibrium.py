@@ -20,7 +20,7 @@ import torch
 
 from rbpbench import state as S
 from rbpbench.adjoint import AdjointSolution, JacobianOperator
-from rbpbench.forward import final_step, solve
+from rbpbench.forward import final_step, solve_forward
 from rbpbench.gradients import grads_or_zeros
 from rbpbench.methods.implicit import implicit_method
 from rbpbench.problem import GradientResult, MethodSpec, Problem
@@ -54,7 +54,7 @@ def phantom(
         raise ValueError(f"phantom: tau must be in (0, 1], not {tau!r}")
     if truncation < 1:
         raise ValueError(f"phantom: K must be at least 1 (steps with a graph), not {truncation}")
-    h_star = solve(problem)
+    h_star = solve_forward(problem)
     h: State = h_star
     forward_residual = float("nan")
     with torch.enable_grad():

@@ -41,7 +41,7 @@ def implicit_gradient(problem: Problem, solve: Solve, *, diagnostics: bool) -> G
     (dF/dw_F)^T z plus the direct partials; ``diagnostics=False`` skips the
     backward residual (one more Jacobian product).
     """
-    h_prev = forward.solve(problem)
+    h_prev = forward.solve_forward(problem)
     if not problem.adjoint_steps:
         step = LinearisedStep(problem, h_prev)
         return one_linearisation(problem, step, solve, diagnostics=diagnostics)

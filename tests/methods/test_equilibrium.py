@@ -7,7 +7,7 @@ import dataclasses
 import pytest
 import torch
 
-from rbpbench.forward import solve
+from rbpbench.forward import solve_forward
 from rbpbench.gradients import grads_or_zeros
 from rbpbench.methods.equilibrium import jfb, phantom
 from rbpbench.methods.unrolled import tbptt
@@ -21,7 +21,7 @@ def close(a, b, tol=1e-12):
 
 def test_jfb_is_the_parameter_vjp_of_dl_dh_at_the_fixed_point() -> None:
     problem = contractive_problem(steps=400, spectral_norm=0.9)
-    h_star = solve(problem)
+    h_star = solve_forward(problem)
     with torch.enable_grad():
         h_next = problem.step(h_star, 0)
         leaf = h_next.detach().requires_grad_(True)
@@ -62,7 +62,7 @@ def test_phantom_damping_by_hand() -> None:
     """Two damped steps from h*, back-propagated by hand."""
     problem = contractive_problem(steps=400, spectral_norm=0.9)
     tau = 0.5
-    h_star = solve(problem)
+    h_star = solve_forward(problem)
     with torch.enable_grad():
         h1 = (1 - tau) * h_star + tau * problem.step(h_star, 0)
         h2 = (1 - tau) * h1 + tau * problem.step(h1, 0)
