@@ -25,6 +25,8 @@ from rbpbench.state import State
 if TYPE_CHECKING:
     import pandas as pd
 
+    from rbpbench.costs import Costs
+
 
 @dataclass
 class Problem:
@@ -214,6 +216,13 @@ class TrainingRun:
     - :meth:`update` hands a gradient to the optimiser and says whether the
       run diverged (its loss or parameters became NaN or Inf), after which
       the task stops and reports ``TrainingOutcome(diverged=True)``.
+
+    ``gradient`` finds each problem's h* with the cell's forward solver (a
+    problem the task hands it carries none; ``reference`` keeps plain
+    iteration) and counts what it costs: ``step_costs`` holds one
+    :class:`~rbpbench.costs.Costs` per call, in order (F evaluations, J^T v and
+    J v products), for a task's per-step curves; the runner adds their means
+    per training step to the row's ``extra_metrics``.
     """
 
     seed: int
@@ -222,6 +231,7 @@ class TrainingRun:
     params: dict[str, Any]
     gradient: Callable[[Problem], GradientResult]
     reference: Callable[[Problem], GradientResult]
+    step_costs: list[Costs] = field(default_factory=list)
 
     def probes(self, total: int, count: int) -> Probes:
         """``count`` probes spread evenly over points ``0 .. total - 1``, first and last included (rounded)."""

@@ -12,6 +12,7 @@ loss, state or gradient becomes ``diverged``.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 import os
@@ -34,7 +35,7 @@ from rbpbench.convergence import (
     forward_facts,
     split_params,
 )
-from rbpbench.costs import counted
+from rbpbench.costs import Costs, counted
 from rbpbench.data import DatasetUnavailable
 from rbpbench.forward import ForwardMismatch, check_forward, solve_forward
 from rbpbench.linearisation import LinearisedStep
@@ -148,11 +149,12 @@ class CellRunner:
             seed=cell.seed, device=torch.device(cell.device), dtype=spec.dtype, **params
         )
         if with_forward:
-            forward = self.registry.forward(cell.forward)
-            problem.forward = BoundForward(
-                forward, {**forward.defaults, **dict(cell.forward_params)}
-            )
+            problem.forward = self.forward(cell)
         return problem
+
+    def forward(self, cell: Cell) -> BoundForward:
+        spec = self.registry.forward(cell.forward)
+        return BoundForward(spec, {**spec.defaults, **dict(cell.forward_params)})
 
     def tolerances(self, cell: Cell) -> Tolerances:
         _, overrides = split_params(dict(cell.task_params))
@@ -286,9 +288,16 @@ class CellRunner:
         assert task.train is not None
         method = self.registry.method(cell.method)
         params = {**method.defaults, **dict(cell.method_params)}
+        forward = self.forward(cell)
+        step_costs: list[Costs] = []
 
         def gradient(problem: Problem) -> GradientResult:
-            return method.compute(problem, cell.truncation, diagnostics=False, **params)
+            if problem.forward is None:
+                problem = dataclasses.replace(problem, forward=forward)
+            problem, costs = counted(problem)
+            result = method.compute(problem, cell.truncation, diagnostics=False, **params)
+            step_costs.append(costs)
+            return result
 
         start = time.perf_counter()
         outcome = task.train(
@@ -299,10 +308,12 @@ class CellRunner:
                 params=split_params({**task.defaults, **dict(cell.task_params)})[0],
                 gradient=gradient,
                 reference=lambda problem: bptt(problem, 0, diagnostics=False),
+                step_costs=step_costs,
             )
         )
         figures = {k: v for k, v in outcome.metrics.items() if k in TRAINING_COLUMNS}
         extra = {k: v for k, v in outcome.metrics.items() if k not in TRAINING_COLUMNS}
+        extra.update(mean_costs_per_step(step_costs))
         row = {
             **figures,
             "extra_metrics": json.dumps(extra, sort_keys=True, default=float),
@@ -311,6 +322,17 @@ class CellRunner:
         if outcome.diverged:
             row.update(status=DIVERGED, error="training diverged: non-finite loss or parameters")
         return row, outcome.curves
+
+
+def mean_costs_per_step(step_costs: list[Costs]) -> dict[str, float]:
+    """The mean cost of a training run's gradients, per training step (``extra_metrics`` keys)."""
+    if not step_costs:
+        return {}
+    count = len(step_costs)
+    return {
+        f"{name}_per_step": sum(c.columns()[name] for c in step_costs) / count
+        for name in Costs().columns()
+    }
 
 
 def result_figures(result: GradientResult) -> dict[str, Any]:
