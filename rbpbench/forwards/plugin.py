@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 from rbpbench.forward import ITERATE
+from rbpbench.forwards.anderson import ANDERSON
+from rbpbench.forwards.broyden import BROYDEN
 from rbpbench.hookspecs import hookimpl
 from rbpbench.problem import ForwardSolverSpec
 
 
 @hookimpl
 def rbpbench_forward_solvers() -> list[ForwardSolverSpec]:
-    return [ITERATE]
+    return [ITERATE, ANDERSON, BROYDEN]
