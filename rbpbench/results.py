@@ -13,7 +13,9 @@ with rows it cannot keep.
 from __future__ import annotations
 
 import contextlib
+import json
 import os
+import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -238,6 +240,11 @@ TRAINING_COLUMNS = tuple(c.name for c in SCHEMA if c.training)
 # What a results folder holds, named once.
 RESULTS_PARQUET = "results.parquet"  # the table
 RESULTS_CSV = "results.csv"  # the same table as text, written after the Parquet file
+# Rows finished since the table was last compacted, one JSON line each, appended and fsync'd
+# per cell; every reader of the folder adds them to the table (see ResultsFolder).
+JOURNAL = "results.pending.jsonl"
+DEFAULT_COMPACT_EVERY_S = 5.0
+COMPACT_EVERY_ENV = "RBPBENCH_COMPACT_EVERY_S"
 ENVIRONMENT_FILE = "environment.json"  # each run's software and machines, by run id
 CURVES_DIR = "curves"  # <cell_id>.parquet per cell with curves: columns curve, step, value
 LOCK_FILE = ".lock"  # held by the sweep writing the folder
@@ -263,6 +270,15 @@ class CellOutcome:
     row: dict[str, Any]
     curves: Curves | None = None
     node_environment: dict[str, Any] | None = field(default=None)
+
+
+def _json_value(value: Any) -> Any:
+    """What json cannot write itself: numpy and pandas scalars as Python ones, else text."""
+    if hasattr(value, "item"):
+        return value.item()
+    if value is pd.NA:
+        return None
+    return str(value)
 
 
 def read_curves(folder: Path, cell_id: str) -> pd.DataFrame:
@@ -337,22 +353,59 @@ def _csv_table(path: Path) -> pd.DataFrame:
     return typed(pd.DataFrame(rows, columns=list(raw.columns)), strict=False)
 
 
-def read_table(folder: Path) -> tuple[pd.DataFrame, Path] | None:
-    """The table of a results folder and the file it came from, with the schema's types;
-    None when the folder holds none.
+def read_journal(folder: Path) -> list[dict[str, Any]]:
+    """The rows of ``<folder>/results.pending.jsonl``, in order; a last line cut short by a
+    killed writer is not a row (that cell was still in flight)."""
+    path = folder / JOURNAL
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        return []
+    rows = []
+    for line in text.splitlines():
+        try:
+            record = json.loads(line)
+        except json.JSONDecodeError:
+            continue
+        if isinstance(record, dict) and record.get("cell_id"):
+            rows.append(record)
+    return rows
 
-    Reads results.parquet or, where it is gone, results.csv (written after it, for
-    every row). The one reader of a folder's table: :func:`read`, ``rbpbench.load``,
-    ``rbpbench leaderboard`` and ``report``, and a sweep resuming a folder all come here.
-    Columns the table lacks are not added (an older table lacks the added ones), and a
-    column whose values do not fit its type is left as it is (see :func:`typed`).
-    """
+
+def _compacted_table(folder: Path) -> tuple[pd.DataFrame, Path] | None:
     parquet, csv = folder / RESULTS_PARQUET, folder / RESULTS_CSV
     if parquet.exists():
         return typed(pd.read_parquet(parquet), strict=False), parquet
     if csv.exists() and csv.stat().st_size > 0:
         return _csv_table(csv), csv
     return None
+
+
+def read_table(folder: Path) -> tuple[pd.DataFrame, Path] | None:
+    """The table of a results folder and the file it came from, with the schema's types;
+    None when the folder holds none.
+
+    Reads results.parquet or, where it is gone, results.csv (written after it, for
+    every row), and adds the rows of the journal (``results.pending.jsonl``: cells
+    finished since the sweep last compacted its table), a journal row replacing a
+    table row of the same cell id. The one reader of a folder's table: :func:`read`,
+    ``rbpbench.load``, ``rbpbench leaderboard`` and ``report``, and a sweep resuming
+    a folder all come here, so each sees compacted and pending rows alike. Columns
+    the table lacks are not added (an older table lacks the added ones), and a
+    column whose values do not fit its type is left as it is (see :func:`typed`).
+    """
+    found = _compacted_table(folder)
+    pending = read_journal(folder)
+    if not pending:
+        return found
+    recent = to_frame(pending)
+    if found is None:
+        return recent, folder / JOURNAL
+    table, source = found
+    kept = table[~table.cell_id.isin(set(recent.cell_id))]
+    columns = list(dict.fromkeys([*table.columns, *recent.columns]))
+    merged = pd.concat([kept, recent[[c for c in recent.columns if c in columns]]])
+    return typed(merged.reset_index(drop=True)[columns], strict=False), source
 
 
 def read(folder: Path) -> pd.DataFrame:
@@ -366,12 +419,29 @@ def read(folder: Path) -> pd.DataFrame:
 
 
 class ResultsFolder:
-    """The table of one results folder, kept on disk in step with every finished cell."""
+    """The table of one results folder, kept on disk in step with every finished cell.
+
+    A finished cell costs one appended, fsync'd line of the journal
+    (``results.pending.jsonl``), whatever the table's size. The table itself
+    (results.parquet, then results.csv) is rewritten from every row, and the
+    journal removed, by :meth:`compact`: when the sweep starts and ends, when it
+    is interrupted, and while it runs at most every ``compact_every_s`` seconds
+    (or ten times as long as the last compaction took, so that compacting a
+    large table never takes more than a tenth of the sweep). Killed at any
+    moment, even during a compaction, the folder loses no finished row: the
+    journal is removed only once both files are written, and a reader takes a
+    journal row over the table's row of the same cell.
+    """
 
     def __init__(self, folder: Path, *, read: bool = True) -> None:
         self.folder = folder
+        # RBPBENCH_COMPACT_EVERY_S (seconds, default 5) is there for tests and the curious.
+        self.compact_every_s = float(os.environ.get(COMPACT_EVERY_ENV, DEFAULT_COMPACT_EVERY_S))
         self.rows: dict[str, dict[str, Any]] = {}
         self.source: Path | None = None  # the file the rows were read from, if any
+        self._last_compaction = time.monotonic()
+        self._compaction_s = 0.0
+        self._pending = 0
         if not read:
             return
         found = read_table(folder)
@@ -420,17 +490,31 @@ class ResultsFolder:
         row = dict(outcome.row)
         if outcome.curves:
             self.write_curves(str(row["cell_id"]), outcome.curves)
-        cell_id = str(row["cell_id"])
-        before = self.rows.get(cell_id)
-        self.rows[cell_id] = row
+        self.record(row)
+        self.rows[str(row["cell_id"])] = row
+        self._pending += 1
+        if self._pending and self.compaction_due():
+            self.compact()
+
+    @property
+    def journal(self) -> Path:
+        return self.folder / JOURNAL
+
+    def record(self, row: Mapping[str, Any]) -> None:
+        """Append ``row`` to the journal as one JSON line and fsync it."""
+        line = json.dumps(dict(row), default=_json_value, allow_nan=True) + "\n"
         try:
-            self.flush()
-        except StorageError:
-            if before is None:
-                del self.rows[cell_id]
-            else:
-                self.rows[cell_id] = before
-            raise
+            self.folder.mkdir(parents=True, exist_ok=True)
+            with open(self.journal, "a", encoding="utf-8") as handle:
+                handle.write(line)
+                handle.flush()
+                os.fsync(handle.fileno())
+        except OSError as exc:
+            raise StorageError(f"could not write {self.journal}: {exc.strerror or exc}") from exc
+
+    def compaction_due(self) -> bool:
+        waited = time.monotonic() - self._last_compaction
+        return waited >= max(self.compact_every_s, 10 * self._compaction_s)
 
     def write_curves(self, cell_id: str, curves: Curves) -> None:
         from rbpbench.curves import to_frame  # the curve convention's stored form
@@ -442,7 +526,9 @@ class ResultsFolder:
         frame = to_frame(curves)
         atomic_write(self.curves / f"{cell_id}.parquet", lambda p: frame.to_parquet(p, index=False))
 
-    def flush(self) -> None:
+    def compact(self) -> None:
+        """Write every row to results.parquet and results.csv, then drop the journal."""
+        start = time.monotonic()
         try:
             self.folder.mkdir(parents=True, exist_ok=True)
         except OSError as exc:
@@ -450,6 +536,15 @@ class ResultsFolder:
         frame = self.frame()
         atomic_write(self.parquet, lambda p: frame.to_parquet(p, index=False))
         atomic_write(self.csv, lambda p: frame.to_csv(p, index=False))
+        try:
+            self.journal.unlink(missing_ok=True)
+        except OSError as exc:
+            raise StorageError(f"could not remove {self.journal}: {exc.strerror or exc}") from exc
+        self._pending = 0
+        self._last_compaction = time.monotonic()
+        self._compaction_s = self._last_compaction - start
+
+    flush = compact
 
     def frame(self) -> pd.DataFrame:
         return to_frame(list(self.rows.values()))

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import fcntl
 import json
 import os
@@ -22,11 +23,13 @@ from rbpbench.plugins import PluginConfig, Registry
 from rbpbench.results import (
     CURVES_DIR,
     ENVIRONMENT_FILE,
+    JOURNAL,
     LOCK_FILE,
     RESULTS_CSV,
     RESULTS_PARQUET,
     CellOutcome,
     ResultsFolder,
+    StorageError,
     atomic_write,
     partial_name,
 )
@@ -46,6 +49,7 @@ OWN_FILES = {
     partial_name(RESULTS_PARQUET),
     partial_name(RESULTS_CSV),
     partial_name(ENVIRONMENT_FILE),
+    JOURNAL,
     CURVES_DIR,
 }
 # Keys of a run's environment that describe the run rather than a machine.
@@ -213,8 +217,17 @@ class Sweep:
             self.results.append(outcome)
             on_row(row)
 
-        if executor is not None:
+        if executor is None:
+            return
+        try:
             executor.run(self.todo, store)
+        except BaseException:
+            # Interrupted (Ctrl-C, SIGTERM, a storage failure): fold the journal into the
+            # table if the disk lets us; the journal keeps every row if it does not.
+            with contextlib.suppress(StorageError):
+                self.results.compact()
+            raise
+        self.results.compact()
 
     def frame(self) -> pd.DataFrame:
         """This command's cells (finished earlier or now), in the order of the plan."""

@@ -182,6 +182,7 @@ def test_a_folder_is_read_by_one_reader_with_the_schema_s_types(tmp_path: Path) 
             curves={"loss": [2.0, 1.0]},
         )
         folder.append(outcome)
+    folder.compact()
     assert sorted(p.name for p in (tmp_path / results.CURVES_DIR).iterdir()) == [
         f"{i}.parquet" for i in sorted(folder.rows)
     ]

@@ -7,7 +7,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from rbpbench.results import ResultsFolder, StorageError, atomic_write
+from rbpbench.results import ResultsFolder, StorageError, atomic_write, read
 from tests.tables import row
 
 
@@ -24,14 +24,21 @@ def test_a_file_that_cannot_be_written_raises_naming_it_and_keeps_the_table(
     tmp_path: Path,
 ) -> None:
     folder = stored_folder(tmp_path)
+    folder.compact()
     before = pd.read_parquet(folder.parquet)
-    folder.csv.unlink()
-    folder.csv.mkdir()  # a real OSError (IsADirectoryError) when the CSV is replaced
-    with pytest.raises(StorageError, match=r"could not write .*results\.csv: Is a directory"):
+    folder.journal.mkdir()  # a real OSError (IsADirectoryError) when a row is journalled
+    with pytest.raises(StorageError, match=r"could not write .*results\.pending\.jsonl"):
         folder.append(row("t", "m", 5, 7, loss=1.0))
     assert len(folder.rows) == 2  # the row it could not store is not pretended stored
+    folder.journal.rmdir()
+    folder.csv.unlink()
+    folder.csv.mkdir()  # and when the CSV is replaced at compaction
+    folder.append(row("t", "m", 5, 8, loss=1.0))
+    with pytest.raises(StorageError, match=r"could not write .*results\.csv: Is a directory"):
+        folder.compact()
     pd.testing.assert_frame_equal(pd.read_parquet(folder.parquet).head(2), before)
     assert not list(folder.folder.glob(".*.partial"))
+    assert len(read(folder.folder)) == 3  # the journal keeps the row the table could not take
 
 
 def test_atomic_write_removes_its_partial_file_and_leaves_the_old_one(tmp_path: Path) -> None:
@@ -49,6 +56,7 @@ def test_atomic_write_removes_its_partial_file_and_leaves_the_old_one(tmp_path: 
 
 def test_the_csv_alone_resumes_with_the_parquet_types(tmp_path: Path) -> None:
     folder = stored_folder(tmp_path)
+    folder.compact()
     expected = folder.frame()
     folder.parquet.unlink()
     again = ResultsFolder(folder.folder)
@@ -60,3 +68,33 @@ def test_the_csv_alone_resumes_with_the_parquet_types(tmp_path: Path) -> None:
 def test_an_unread_folder_holds_nothing_until_read(tmp_path: Path) -> None:
     folder = stored_folder(tmp_path)
     assert ResultsFolder(folder.folder, read=False).rows == {}
+
+
+def test_a_finished_cell_costs_one_journal_line_and_readers_see_it(tmp_path: Path) -> None:
+    folder = stored_folder(tmp_path, n=3)  # no compaction yet: the rows are in the journal
+    assert not folder.parquet.exists()
+    assert len(folder.journal.read_text().splitlines()) == 3
+    pd.testing.assert_frame_equal(read(folder.folder), folder.frame())
+    folder.compact()
+    assert not folder.journal.exists() and len(pd.read_parquet(folder.parquet)) == 3
+    folder.append(row("t", "m", 5, 0, loss=9.0))  # the same cell again: the journal's row wins
+    seen = read(folder.folder)
+    assert len(seen) == 3 and seen.set_index("seed").loc[0, "loss"] == 9.0
+    again = ResultsFolder(folder.folder)
+    assert set(again.rows) == set(folder.rows) and again.rows[seen.cell_id[0]]["loss"] is not None
+
+
+def test_a_line_cut_short_by_a_kill_is_not_a_row(tmp_path: Path) -> None:
+    folder = stored_folder(tmp_path, n=2)
+    with open(folder.journal, "a") as handle:
+        handle.write('{"cell_id": "half", "loss": 0.')
+    assert len(read(folder.folder)) == 2
+
+
+def test_compaction_waits_longer_on_a_table_that_takes_long_to_write(tmp_path: Path) -> None:
+    folder = stored_folder(tmp_path, n=1)
+    folder.compact_every_s = 0.0
+    folder._compaction_s = 3600.0  # as if the last compaction took an hour
+    folder._last_compaction = __import__("time").monotonic()
+    folder.append(row("t", "m", 5, 5, loss=1.0))
+    assert not folder.parquet.exists()  # not due: at most a tenth of the time goes to compacting

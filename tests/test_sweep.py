@@ -13,6 +13,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
+from rbpbench import results
 from rbpbench.results import COLUMNS
 from tests.helpers import run_cli
 
@@ -70,8 +71,9 @@ def test_fail_on_turns_chosen_statuses_into_exit_1_and_retry_failed_reruns_them(
 
 
 def rows_on_disk(out: Path) -> int:
+    """Finished rows as every reader sees them: the table and the journal."""
     try:
-        return len(pd.read_parquet(out / "results.parquet"))
+        return len(results.read(out))
     except (FileNotFoundError, OSError, ValueError):
         return 0
 
@@ -91,8 +93,9 @@ def test_a_sweep_killed_with_sigkill_resumes_without_redoing_finished_cells(tmp_
         time.sleep(0.05)
     os.killpg(sweep.pid, signal.SIGKILL)  # the driver and its workers, mid-sweep
     sweep.wait()
-    killed = pd.read_parquet(out / "results.parquet")  # readable: never torn
+    killed = results.read(out)  # readable: never torn (table and journal)
     assert 8 <= len(killed) < 40
+    pd.read_parquet(out / "results.parquet")
     pd.read_csv(out / "results.csv")
 
     resumed = run_cli(*args)
@@ -330,3 +333,39 @@ def test_a_cell_s_curves_cross_the_worker_process_beside_its_row(tmp_path: Path)
         }
     (run,) = json.loads((out / ENVIRONMENT_FILE).read_text())["runs"].values()
     assert set(run["nodes"]) == set(frame.node)
+
+
+def test_a_sweep_killed_while_it_compacts_loses_no_finished_row(tmp_path: Path) -> None:
+    """SIGKILL while results.parquet is being rewritten with journalled rows pending."""
+    out = tmp_path / "run"
+    args = ["run", "--methods", "neumann-rbp,jfb", "--truncation", "3", "--seeds", "0-29",
+            "--task-param", "steps=20", "--out", str(out)]  # fmt: skip
+    env = {**os.environ, results.COMPACT_EVERY_ENV: "0"}  # compact after every cell
+    sweep = subprocess.Popen(
+        [sys.executable, "-m", "rbpbench", *args],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,
+        env=env,
+    )
+    partial = out / results.partial_name(results.RESULTS_PARQUET)
+    journal = out / results.JOURNAL
+    deadline = time.monotonic() + 120
+    caught = False
+    while time.monotonic() < deadline and sweep.poll() is None:
+        if journal.exists() and partial.exists() and rows_on_disk(out) >= 3:
+            caught = True
+            break
+    os.killpg(sweep.pid, signal.SIGKILL)
+    sweep.wait()
+    if not caught:
+        pytest.skip("the sweep never showed a compaction in progress to kill")
+    seen = results.read(out)
+    assert len(seen) >= 3 and seen.cell_id.is_unique
+    resumed = run_cli(*args)
+    assert resumed.returncode == 0, resumed.stderr
+    assert f"{len(seen)} of 60 cells already finished" in resumed.stderr
+    final = pd.read_parquet(out / "results.parquet")
+    assert len(final) == 60 and final.cell_id.is_unique and not journal.exists()
+    first_run = final.set_index("cell_id").loc[seen.cell_id, "run_id"]
+    assert (first_run == seen.set_index("cell_id").run_id).all()

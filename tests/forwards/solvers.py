@@ -12,7 +12,7 @@ import torch
 from torch import Tensor
 
 from rbpbench import state as S
-from rbpbench.forward import solve, solve_with_graph, solver_evaluations
+from rbpbench.forward import solve_forward, solve_with_graph, solver_evaluations
 from rbpbench.forwards.common import default_solver_tolerance
 from rbpbench.plugins import load_registry
 from rbpbench.problem import BoundForward, ForwardSolution, ForwardSolverSpec, Problem
@@ -99,7 +99,7 @@ def initial_tensor(problem: Problem) -> Tensor:
 
 def solve_tensor(problem: Problem) -> Tensor:
     """h* of :func:`rbpbench.forward.solve`, a tensor state."""
-    h = solve(problem)
+    h = solve_forward(problem)
     assert isinstance(h, Tensor)
     return h
 
@@ -131,7 +131,7 @@ def with_forward(problem: Problem, spec: ForwardSolverSpec) -> Problem:
 def graph_gradients(problem: Problem, graph_evaluations: int | None) -> tuple[Tensor, ...]:
     """dL/dw_F through the solver: the loss at F(h*), h* with a graph over its last evaluations."""
     with torch.enable_grad():
-        h = solve_with_graph(problem, graph_evaluations)
+        h, _ = solve_with_graph(problem, graph_evaluations)
         loss = problem.loss(problem.step(h, problem.num_steps - 1))
         grads = torch.autograd.grad(loss, problem.params_f, allow_unused=True)
     assert all(g is not None for g in grads)
