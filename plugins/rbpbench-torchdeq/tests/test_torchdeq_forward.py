@@ -10,11 +10,10 @@ from rbpbench_torchdeq import ANDERSON, BROYDEN, anderson, broyden
 from rbpbench_torchdeq.layout import default_tolerance
 from torchdeq_helpers import problem, relative_residual, two_part_state_problem, with_forward
 
-from rbpbench import Problem, State
+from rbpbench import ForwardSolverSpec, Problem, State
 from rbpbench import state as S
 from rbpbench.costs import counted
-from rbpbench.forward import ForwardMismatch, solve, solve_with_graph
-from rbpbench.problem import ForwardSolverSpec
+from rbpbench.forward import ForwardMismatch, solve_forward, solve_with_graph
 
 SPECS = {"torchdeq-anderson": ANDERSON, "torchdeq-broyden": BROYDEN}
 F64_TOL = default_tolerance(torch.float64)
@@ -66,7 +65,7 @@ def test_the_solvers_reach_the_fixed_point_in_far_fewer_evaluations_than_iterati
 def test_the_harness_counts_the_evaluations_the_solution_reports(name: str) -> None:
     base = with_forward(problem(0.9, steps=50), SPECS[name])
     p, costs = counted(base)
-    h_star = solve(p)
+    h_star = solve_forward(p)
     solution = SPECS[name].solve(base.step, S.detach(base.initial_state), num_steps=49)
     assert costs.forward_evaluations == solution.iterations == len(solution.trace)
     pairs = zip(S.as_tuple(h_star), S.as_tuple(solution.state), strict=True)

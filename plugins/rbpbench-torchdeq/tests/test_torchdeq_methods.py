@@ -9,10 +9,9 @@ import torch
 from rbpbench_torchdeq import ANDERSON, BROYDEN, ift, phantom
 from torchdeq_helpers import problem, two_part_state_problem, with_forward
 
-from rbpbench import LinearisedStep, LossTerms, Problem
+from rbpbench import LinearisedStep, LossTerms, Problem, final_step, solve_forward
 from rbpbench import state as S
 from rbpbench.costs import counted
-from rbpbench.forward import final_step, solve
 from rbpbench.measure import relative_error
 from rbpbench.methods.implicit import neumann_rbp
 from rbpbench.methods.unrolled import bptt, tbptt
@@ -48,7 +47,7 @@ def test_ift_matches_the_exact_gradient_at_k_100(forward: str, solver: str) -> N
     assert p.exact_gradient is not None
     result = ift(p, 100, solver=solver)
     assert relative_error(result.grads_f, p.exact_gradient()) < 1e-6
-    reference_g = LossTerms(p, final_step(p, solve(p))).grads_g
+    reference_g = LossTerms(p, final_step(p, solve_forward(p))).grads_g
     assert relative_error(result.grads_g, reference_g) < 1e-12
     assert result.forward_residual < 1e-10
     assert 0 < result.backward_iterations <= 100 and result.backward_residual < 1e-7
@@ -68,7 +67,7 @@ def test_ift_backward_residual_is_that_of_torchdeqs_adjoint() -> None:
     """At K = 1 torchdeq's z is g itself, so ||(I - J^T) z - g|| = ||J^T g|| with J at h*."""
     p = problem(0.9)
     result = ift(p, 1)
-    step = LinearisedStep(p, solve(p))
+    step = LinearisedStep(p, solve_forward(p))
     g = LossTerms(p, step.h_next).g
     assert result.backward_residual == pytest.approx(float(S.norm(step.vjp(g))), rel=1e-12)
     assert result.backward_residual == pytest.approx(step.adjoint_residual(g, g), rel=1e-12)
@@ -149,7 +148,7 @@ def test_methods_refuse_k_below_one() -> None:
 
 def by_hand_phantom(p: Problem, k: int, tau: float) -> tuple[torch.Tensor, ...]:
     """K damped steps of the final step from h* with a graph; the loss at the last, back-propagated."""
-    h = solve(p)
+    h = solve_forward(p)
     with torch.enable_grad():
         for _ in range(k):
             h = S.add(S.scale(h, 1 - tau), final_step(p, h), tau)
@@ -199,7 +198,7 @@ def test_phantom_reports_the_loss_at_h_t_and_the_harness_counts_its_steps() -> N
     base = problem(0.9, steps=40)  # far from converged: z_K is not h_T
     p, costs = counted(base)
     result = phantom(p, 7, tau=0.5)
-    h_star = solve(base)
+    h_star = solve_forward(base)
     with torch.no_grad():
         h_final = final_step(base, h_star)
     assert result.loss == pytest.approx(float(base.loss(h_final).detach()), rel=1e-14)

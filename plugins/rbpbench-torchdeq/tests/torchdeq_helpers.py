@@ -9,9 +9,8 @@ from typing import Any
 
 import torch
 
-from rbpbench import Problem, State
+from rbpbench import BoundForward, ForwardSolverSpec, Problem, State
 from rbpbench import state as S
-from rbpbench.problem import BoundForward, ForwardSolverSpec
 from rbpbench.tasks import contractive
 
 CPU = torch.device("cpu")

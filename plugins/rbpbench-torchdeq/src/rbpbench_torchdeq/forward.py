@@ -33,8 +33,7 @@ from collections.abc import Callable
 import torch
 from torchdeq.solver import get_solver
 
-from rbpbench import State
-from rbpbench.problem import ForwardSolution, ForwardSolverSpec
+from rbpbench import ForwardSolution, ForwardSolverSpec, State
 from rbpbench_torchdeq import layout
 
 

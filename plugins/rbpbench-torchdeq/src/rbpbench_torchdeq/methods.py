@@ -1,7 +1,7 @@
 """``torchdeq-ift`` and ``torchdeq-phantom``: torchdeq's backward passes as rbpbench methods.
 
 Both start from h*, found by the cell's forward solver without a graph
-(:func:`rbpbench.forward.solve`: h_{T-1} for ``iterate``, the solver's answer
+(:func:`rbpbench.solve_forward`: h_{T-1} for ``iterate``, the solver's answer
 for ``anderson``, ``torchdeq-anderson``, ...), and hand torchdeq the final
 step F = F_{T-1} of the problem, on the state laid out as one batch element
 (:mod:`rbpbench_torchdeq.layout`). The gradients are made by torchdeq's own
@@ -30,8 +30,16 @@ from torchdeq.grad import backward_factory
 from torchdeq.solver import get_solver
 from torchdeq.utils.layer_utils import deq_decorator
 
-from rbpbench import GradientResult, LossTerms, MethodSpec, Problem, State, grads_or_zeros
-from rbpbench.forward import final_step, solve
+from rbpbench import (
+    GradientResult,
+    LossTerms,
+    MethodSpec,
+    Problem,
+    State,
+    final_step,
+    grads_or_zeros,
+    solve_forward,
+)
 from rbpbench_torchdeq import layout
 
 # torchdeq's default damping of the phantom gradient (backward_factory's and DEQIndexing's tau).
@@ -78,7 +86,7 @@ def ift(
     layout.check_int(owner, "m", m, at_least=2)
     layout.check_number(owner, "lam", lam)
 
-    template = solve(problem)
+    template = solve_forward(problem)
     x_star = layout.to_flat(template)
     if diagnostics:  # J^T z at h* then comes with the gradient, from the same backward pass
         x_star = x_star.detach().requires_grad_(True)
@@ -136,7 +144,7 @@ def phantom(
     layout.check_int(owner, "the truncation K", truncation, at_least=1)
     layout.check_number(owner, "tau", tau, positive=True)
 
-    template = solve(problem)
+    template = solve_forward(problem)
     x_star = layout.to_flat(template)
     last = _last_step(problem, template)
     produce_grad = backward_factory(grad_type=truncation, tau=tau)

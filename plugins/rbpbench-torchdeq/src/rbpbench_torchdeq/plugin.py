@@ -2,8 +2,7 @@
 
 from __future__ import annotations
 
-from rbpbench import MethodSpec, hookimpl
-from rbpbench.problem import ForwardSolverSpec
+from rbpbench import ForwardSolverSpec, MethodSpec, hookimpl
 from rbpbench_torchdeq.forward import ANDERSON, BROYDEN
 from rbpbench_torchdeq.methods import IFT, PHANTOM
 
