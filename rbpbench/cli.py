@@ -246,6 +246,7 @@ def command_report(args: argparse.Namespace) -> int:
     frame = results_table(args.results)
     comparison = None
     if args.compare is not None:
+        folders_given("report --compare", args.compare)
         # the reported folder is B, compared with the baseline A: rbpbench compare BASELINE RESULTS_DIR
         comparison = compare.compare(
             results_table(args.compare), frame, name_a=args.compare, name_b=args.results
@@ -261,9 +262,18 @@ def command_report(args: argparse.Namespace) -> int:
     return 0
 
 
+def folders_given(command: str, *names: str) -> None:
+    """A folder given as an empty string is a mistake (an unset shell variable), never the
+    current folder."""
+    for name in names:
+        if not name.strip():
+            raise UsageError(f"{command} takes folders, not {name!r}")
+
+
 def command_merge(args: argparse.Namespace) -> int:
     from rbpbench import merge
 
+    folders_given("merge", args.out, *args.sources)
     try:
         merged = merge.merge(Path(args.out), [Path(s) for s in args.sources])
     except StorageError as exc:
@@ -293,6 +303,7 @@ def regression_threshold(text: str) -> float:
 
 
 def command_compare(args: argparse.Namespace) -> int:
+    folders_given("compare", args.a, args.b)
     percent = (
         regression_threshold(args.fail_on_regression)
         if args.fail_on_regression is not None

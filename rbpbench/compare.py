@@ -196,22 +196,23 @@ def _value(row: dict[str, Any], column: str) -> float:
         return math.nan
 
 
-def ratio(pairs: Sequence[tuple[float, float]]) -> Aggregate:
+def ratio(pairs: Sequence[tuple[float, float]], cells: int | None = None) -> Aggregate:
     """B/A over (a, b) pairs with both finite and positive: the geometric mean of the ratios
-    and its 95% interval (the t interval of the log ratios, exponentiated)."""
+    and its 95% interval (the t interval of the log ratios, exponentiated). ``cells``: how
+    many cells there were (default: the pairs)."""
     logs = [
         math.log(b / a)
         for a, b in pairs
         if math.isfinite(a) and math.isfinite(b) and a > 0 and b > 0
     ]
-    agg = t_interval(logs, len(pairs))
+    agg = t_interval(logs, len(pairs) if cells is None else cells)
     return Aggregate(math.exp(agg.mean), math.exp(agg.low), math.exp(agg.high), agg.n, agg.cells)
 
 
-def difference(pairs: Sequence[tuple[float, float]]) -> Aggregate:
+def difference(pairs: Sequence[tuple[float, float]], cells: int | None = None) -> Aggregate:
     """B - A over the (a, b) pairs with both finite: mean and 95% t interval."""
     diffs = [b - a for a, b in pairs if math.isfinite(a) and math.isfinite(b)]
-    return t_interval(diffs, len(pairs))
+    return t_interval(diffs, len(pairs) if cells is None else cells)
 
 
 def _settings(rows: Sequence[dict[str, Any]], columns: Sequence[str]) -> list[dict[str, str]]:
@@ -302,10 +303,11 @@ def compare(a: pd.DataFrame, b: pd.DataFrame, name_a: str = "A", name_b: str = "
         def pairs(column: str, ok: list[Any] = ok) -> list[tuple[float, float]]:
             return [(_value(x, column), _value(y, column)) for x, y in ok]
 
-        group.time = ratio(pairs("wall_time_s"))
-        group.memory = ratio(pairs("peak_memory_bytes"))
-        group.grad_error = difference(pairs("grad_rel_error"))
-        group.grad_error_exact = difference(pairs("grad_rel_error_exact"))
+        # n of cells: the matched cells ok in both with the figure, of all matched
+        group.time = ratio(pairs("wall_time_s"), len(both))
+        group.memory = ratio(pairs("peak_memory_bytes"), len(both))
+        group.grad_error = difference(pairs("grad_rel_error"), len(both))
+        group.grad_error_exact = difference(pairs("grad_rel_error_exact"), len(both))
         groups.append(group)
     _labels(groups)
     return Comparison(name_a, name_b, len(rows_a), len(rows_b), groups, (repeated_a, repeated_b))

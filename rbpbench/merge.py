@@ -299,9 +299,6 @@ def check_paths(out: Path, sources: Sequence[Path]) -> None:
     """Refuse OUT and DIRs that cannot be merged, from their paths alone."""
     if not sources:
         raise UsageError("merge needs at least one results folder DIR to merge into OUT")
-    for path in (out, *sources):
-        if not os.fspath(path).strip():
-            raise UsageError(f"merge takes folders, not {os.fspath(path)!r}")
     target = out.resolve()
     seen: dict[Path, Path] = {}
     for source in sources:
