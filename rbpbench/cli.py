@@ -461,7 +461,11 @@ def make_parser() -> argparse.ArgumentParser:
         "one row per cell id, conflicts reported and resolved, environment.json and curves "
         "merged (docs/merge-and-compare.md)",
     )
-    merging.add_argument("out", metavar="OUT")
+    merging.add_argument(
+        "out",
+        metavar="OUT",
+        help="the merged folder: new, empty, or a results folder (its rows come first)",
+    )
     merging.add_argument("sources", metavar="DIR", nargs="*", help="a results folder to merge")
     merging.set_defaults(handler=command_merge)
     comparing = commands.add_parser(
@@ -470,8 +474,8 @@ def make_parser() -> argparse.ArgumentParser:
         "forward and K: time and memory ratios B/A with 95%% intervals, gradient error "
         "differences, status changes, cells in only one",
     )
-    comparing.add_argument("a", metavar="A")
-    comparing.add_argument("b", metavar="B")
+    comparing.add_argument("a", metavar="A", help="the baseline results folder")
+    comparing.add_argument("b", metavar="B", help="the results folder compared with it")
     comparing.add_argument("--format", choices=compare.FORMATS, default="text")
     comparing.add_argument(
         "--fail-on-regression",

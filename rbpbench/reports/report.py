@@ -10,8 +10,9 @@ retrievals; a task whose plugin is not installed gets the general figures and
 a note); for a folder run with a paper preset, the
 paper's published figures beside the measured ones.
 
-Every text that comes from the results table or ``environment.json`` is
-escaped. ``RESULTS_DIR/report/.rbpbench-report.json`` lists the figures the
+With ``--compare BASELINE_DIR``, a section compares this folder's cells with the
+baseline's (:mod:`rbpbench.compare`). Every text that comes from the results table or
+``environment.json`` is escaped. ``RESULTS_DIR/report/.rbpbench-report.json`` lists the figures the
 report wrote; the next report deletes those of them it does not write again,
 and nothing else in ``report/``.
 """
