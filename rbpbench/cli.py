@@ -1,8 +1,10 @@
-"""The command line: ``rbpbench run``, ``list``, ``plugins``, ``leaderboard`` and ``report``."""
+"""The command line: ``rbpbench run``, ``list``, ``plugins``, ``leaderboard``, ``report``,
+``merge`` and ``compare``."""
 
 from __future__ import annotations
 
 import argparse
+import math
 import signal
 import sys
 import time
@@ -11,7 +13,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-from rbpbench import api, config, leaderboard
+from rbpbench import api, compare, config, leaderboard
 from rbpbench.cells import plan
 from rbpbench.config import UsageError
 from rbpbench.data import DATA_DIR_ENV
@@ -242,8 +244,15 @@ def command_report(args: argparse.Namespace) -> int:
     from rbpbench.reports import report
 
     frame = results_table(args.results)
+    comparison = None
+    if args.compare is not None:
+        folders_given("report --compare", args.compare)
+        # the reported folder is B, compared with the baseline A: rbpbench compare BASELINE RESULTS_DIR
+        comparison = compare.compare(
+            results_table(args.compare), frame, name_a=args.compare, name_b=args.results
+        )
     try:
-        path = report.write(Path(args.results), frame)
+        path = report.write(Path(args.results), frame, comparison=comparison)
     except OSError as exc:
         where = f"{exc.filename}: " if exc.filename else ""
         raise UsageError(
@@ -251,6 +260,67 @@ def command_report(args: argparse.Namespace) -> int:
         ) from None
     print(f"wrote {path} and its figures in {path.parent / report.FIGURES_DIR}")
     return 0
+
+
+def folders_given(command: str, *names: str) -> None:
+    """A folder given as an empty string is a mistake (an unset shell variable), never the
+    current folder."""
+    for name in names:
+        if not name.strip():
+            raise UsageError(f"{command} takes folders, not {name!r}")
+
+
+def command_merge(args: argparse.Namespace) -> int:
+    from rbpbench import merge
+
+    folders_given("merge", args.out, *args.sources)
+    try:
+        merged = merge.merge(Path(args.out), [Path(s) for s in args.sources])
+    except StorageError as exc:
+        print(
+            f"rbpbench: error: {exc}; the merge stopped there. Once {args.out} can be written, "
+            "run the same command again (its rows are merged again, identical ones once)",
+            file=sys.stderr,
+        )
+        return STORAGE_FAILURE
+    for line in merged.messages():
+        print(line, file=sys.stderr)
+    print(merged.summary())
+    return 0
+
+
+def regression_threshold(text: str) -> float:
+    """``--fail-on-regression``'s percentage: a finite number >= 0."""
+    try:
+        percent = float(text)
+    except ValueError:
+        percent = math.nan
+    if not (math.isfinite(percent) and percent >= 0):
+        raise UsageError(
+            f"--fail-on-regression takes a percentage >= 0 (e.g. 10 for 10%), not {text!r}"
+        )
+    return percent
+
+
+def command_compare(args: argparse.Namespace) -> int:
+    folders_given("compare", args.a, args.b)
+    percent = (
+        regression_threshold(args.fail_on_regression)
+        if args.fail_on_regression is not None
+        else None
+    )
+    comparison = compare.compare(
+        results_table(args.a), results_table(args.b), name_a=args.a, name_b=args.b
+    )
+    for line in comparison.warnings():
+        print(line, file=sys.stderr)
+    sys.stdout.write(compare.render(comparison, args.format))
+    if percent is None:
+        return 0
+    found = compare.regressions(comparison, percent)
+    for line in found:
+        print(f"rbpbench: regression: {line}", file=sys.stderr)
+    return 1 if found else 0
 
 
 def add_plugin_options(parser: argparse.ArgumentParser) -> None:
@@ -378,7 +448,42 @@ def make_parser() -> argparse.ArgumentParser:
         help=f"write RESULTS_DIR/{REPORT_PAGE} with its figures in RESULTS_DIR/{REPORT_DIR}/",
     )
     report.add_argument("results", metavar="RESULTS_DIR")
+    report.add_argument(
+        "--compare",
+        metavar="BASELINE_DIR",
+        help="add a section comparing RESULTS_DIR with BASELINE_DIR, as rbpbench compare "
+        "BASELINE_DIR RESULTS_DIR prints it",
+    )
     report.set_defaults(handler=command_report)
+    merging = commands.add_parser(
+        "merge",
+        help="merge results folders into OUT (a new folder, or a results folder added to): "
+        "one row per cell id, conflicts reported and resolved, environment.json and curves "
+        "merged (docs/merge-and-compare.md)",
+    )
+    merging.add_argument(
+        "out",
+        metavar="OUT",
+        help="the merged folder: new, empty, or a results folder (its rows come first)",
+    )
+    merging.add_argument("sources", metavar="DIR", nargs="*", help="a results folder to merge")
+    merging.set_defaults(handler=command_merge)
+    comparing = commands.add_parser(
+        "compare",
+        help="the same cells in results folders A (the baseline) and B, per task, method, "
+        "forward and K: time and memory ratios B/A with 95%% intervals, gradient error "
+        "differences, status changes, cells in only one",
+    )
+    comparing.add_argument("a", metavar="A", help="the baseline results folder")
+    comparing.add_argument("b", metavar="B", help="the results folder compared with it")
+    comparing.add_argument("--format", choices=compare.FORMATS, default="text")
+    comparing.add_argument(
+        "--fail-on-regression",
+        metavar="PCT",
+        help="exit 1 if a time or memory ratio B/A is above 1 + PCT/100 with its whole 95%% "
+        "interval, or a cell ok in A is not ok in B",
+    )
+    comparing.set_defaults(handler=command_compare)
     return parser
 
 

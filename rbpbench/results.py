@@ -548,3 +548,11 @@ class ResultsFolder:
 
     def frame(self) -> pd.DataFrame:
         return to_frame(list(self.rows.values()))
+
+
+def write_table(folder: Path, frame: pd.DataFrame) -> None:
+    """Write ``frame`` as the folder's table: results.parquet, then results.csv, each atomically
+    (what :meth:`ResultsFolder.flush` writes, for a table made elsewhere: ``rbpbench merge``).
+    :class:`StorageError` naming the file that could not be written."""
+    atomic_write(folder / RESULTS_PARQUET, lambda p: frame.to_parquet(p, index=False))
+    atomic_write(folder / RESULTS_CSV, lambda p: frame.to_csv(p, index=False))

@@ -10,8 +10,9 @@ retrievals; a task whose plugin is not installed gets the general figures and
 a note); for a folder run with a paper preset, the
 paper's published figures beside the measured ones.
 
-Every text that comes from the results table or ``environment.json`` is
-escaped. ``RESULTS_DIR/report/.rbpbench-report.json`` lists the figures the
+With ``--compare BASELINE_DIR``, a section compares this folder's cells with the
+baseline's (:mod:`rbpbench.compare`). Every text that comes from the results table or
+``environment.json`` is escaped. ``RESULTS_DIR/report/.rbpbench-report.json`` lists the figures the
 report wrote; the next report deletes those of them it does not write again,
 and nothing else in ``report/``.
 """
@@ -29,8 +30,9 @@ from pathlib import Path
 
 import pandas as pd
 
+from rbpbench import compare, leaderboard
 from rbpbench import curves as curve_convention
-from rbpbench import leaderboard
+from rbpbench.compare import Comparison
 from rbpbench.leaderboard import Group
 from rbpbench.plugins import PluginError, Registry, load_registry
 from rbpbench.problem import TaskFigure
@@ -322,10 +324,15 @@ def _figures_folder(path: Path) -> None:
 
 
 def write(
-    folder: Path, frame: pd.DataFrame | None = None, registry: Registry | None = None
+    folder: Path,
+    frame: pd.DataFrame | None = None,
+    registry: Registry | None = None,
+    *,
+    comparison: Comparison | None = None,
 ) -> Path:
     """Write the report of a results folder (of ``frame``, its table, when given); returns the
-    page's path. The tasks' own figures come from ``registry`` (None: the installed plugins).
+    page's path. The tasks' own figures come from ``registry`` (None: the installed plugins);
+    ``comparison`` (:func:`rbpbench.compare.compare`, this folder as B) adds its section.
     OSError where the folder cannot be written; TableError for a table the leaderboard cannot
     read (:func:`rbpbench.leaderboard.prepared`)."""
     frame = leaderboard.prepared(read(folder) if frame is None else frame)
@@ -353,6 +360,11 @@ def write(
     convergence = _convergence(board)
     if convergence:
         page.add(convergence)
+    if comparison is not None:
+        page.add(
+            f'<h2 id="compare">Comparison: {html.escape(comparison.b)} against '
+            f"{html.escape(comparison.a)}</h2>" + compare.render_html_fragment(comparison)
+        )
     comparisons = _comparisons(frame)
     if comparisons:
         page.add("<h2>Comparison with the paper</h2>" + comparisons)
