@@ -26,6 +26,7 @@ def store(folder: Path, rows: list[dict[str, object]]) -> None:
     for record in rows:
         curves = record.pop(curves_key(), None)
         results.append(CellOutcome(record, curves))  # type: ignore[arg-type]
+    results.compact()  # as a sweep does when it ends
 
 
 def images(page: Path) -> list[str]:
