@@ -148,7 +148,9 @@ def test_list_and_plugins_survive_a_hook_that_raises(
     assert line.endswith(
         "RuntimeError: host_boom_cli fails when its hook is called (in hook rbpbench_methods)"
     )
-    assert row(out, "paper-methods").endswith("methods: bptt, tbptt, rbp, cg-rbp, neumann-rbp")
+    assert row(out, "paper-methods").endswith(
+        "methods: bptt, tbptt, rbp, cg-rbp, neumann-rbp, jfb, phantom"
+    )
 
 
 def test_a_multi_line_error_is_one_line_in_the_warning_and_the_table(
@@ -249,13 +251,13 @@ def test_a_misspelt_hook_fails_its_plugin(site: Path, capsys: pytest.CaptureFixt
     line = row(out, typo)
     assert line.split()[3] == "failed"
     assert line.endswith(
-        "unknown hook rbpbench_method; known hooks: rbpbench_methods, rbpbench_tasks"
+        "unknown hook rbpbench_method; known hooks: rbpbench_forward_solvers, rbpbench_methods, rbpbench_tasks"
     )
     code, out, err = cli(capsys, "list", "-p", typo)
     assert code == 0 and "neumann-rbp" in method_names(out)
     assert err.splitlines() == [
         "warning: rbpbench plugin 'host_typo' (host_typo local) failed: unknown hook "
-        "rbpbench_method; known hooks: rbpbench_methods, rbpbench_tasks"
+        "rbpbench_method; known hooks: rbpbench_forward_solvers, rbpbench_methods, rbpbench_tasks"
     ]
 
 
@@ -286,8 +288,8 @@ def test_optional_hooks_and_specname_are_honoured() -> None:
     assert registry.methods["host-spec"][1].plugin == "optional"
     assert "optional" not in registry.load_errors
     assert registry.load_errors["both"] == (
-        "unknown hooks rbpbench_metods, rbpbench_taks; known hooks: rbpbench_methods, "
-        "rbpbench_tasks"
+        "unknown hooks rbpbench_metods, rbpbench_taks; known hooks: "
+        "rbpbench_forward_solvers, rbpbench_methods, rbpbench_tasks"
     )
     assert "host-both" not in registry.methods  # its good hook is not used either
 

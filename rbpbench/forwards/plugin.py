@@ -3,10 +3,12 @@ group. (``iterate``, the default, is part of rbpbench's core: :mod:`rbpbench.for
 
 from __future__ import annotations
 
+from rbpbench.forwards.anderson import ANDERSON
+from rbpbench.forwards.broyden import BROYDEN
 from rbpbench.hookspecs import hookimpl
 from rbpbench.problem import ForwardSolverSpec
 
 
 @hookimpl
 def rbpbench_forward_solvers() -> list[ForwardSolverSpec]:
-    return []
+    return [ANDERSON, BROYDEN]

@@ -3,10 +3,16 @@
 h <- tanh(W h + U x + b) with W = rho * Q for a random orthogonal Q, so W has
 spectral norm rho < 1, ||J|| <= rho at every state and the forward pass is a
 contraction. Every singular value and eigenvalue of W has modulus rho (a plain
-Gaussian matrix scaled to norm rho would have spectral radius near rho / 2), and
-the input drive is kept moderate so tanh does not saturate: the contraction
-rate at the fixed point, which governs how fast the forward pass, the Neumann
-series and RBP converge (Proposition 2), is then close to rho itself. A linear
+Gaussian matrix scaled to norm rho would have spectral radius near rho / 2).
+The contraction rate at the fixed point, rho(J) with J = diag(tanh') W, governs
+how fast the forward pass, the Neumann series and RBP converge (Proposition
+2); it is below rho by the saturation of tanh, which the drive sets and which
+grows as rho nears 1 (the fixed point's amplitude grows like 1 / (1 - rho)).
+Measured (seed 0, the ``spectral_radius`` column): at the default
+``input_scale`` 0.5, rho(J) = 0.856, 0.936, 0.942 for rho = 0.9, 0.99, 0.999;
+at 0.05, 0.899, 0.987, 0.994, and plain iteration then needs 273, 2122 and 4414
+steps to a relative residual of 1e-13. A small ``input_scale`` is how to make
+rho(J) track rho. A linear
 readout y = V h + c scored by mean squared error against a fixed target gives
 the loss. The state is a batch of B hidden vectors, small enough that the
 exact gradient comes from a dense linear solve in float64 at the fixed point:

@@ -212,3 +212,18 @@ def test_a_tiny_training_run_gives_the_pinned_numbers(mnist_root: Path, poison_a
     )
     numbers = fingerprint(hyperopt.train(run), PIN_METRICS, PIN_CURVES)
     assert numbers == pytest.approx(PINNED[f"poison_at={poison_at}"], rel=1e-7, nan_ok=True)
+
+
+def test_an_accelerated_forward_is_a_skipped_row_saying_why(mnist_root: Path, registry) -> None:
+    """hyperopt's step is a different mini-batch each step: no fixed point to accelerate to."""
+    from rbpbench.cells import Cell
+    from rbpbench.runner import CellRunner
+
+    assert tiny().time_varying
+    runner = CellRunner(registry, "run")
+    params = tuple(sorted({**TINY, "meta_steps": 0}.items()))
+    for forward in ("anderson", "broyden"):
+        row = runner.run(Cell("hyperopt", "neumann-rbp", 3, 0, "cpu", params, (), forward)).row
+        assert row["status"] == "skipped" and "depends on t" in row["error"], row["error"]
+    row = runner.run(Cell("hyperopt", "neumann-rbp", 3, 0, "cpu", params, (), "iterate")).row
+    assert row["status"] == "ok", row["error"]
