@@ -144,15 +144,15 @@ def test_a_forward_solver_that_stops_early_is_bound_and_counted() -> None:
     problem = tiny_problem(steps=40)
     stopping = dataclasses.replace(problem, forward=BoundForward(STOPPING))
     counting, costs = counted(stopping)
-    result = JFB.compute(counting, 1)
-    reference = JFB.compute(problem, 1)
-    assert 0 < costs.forward_evaluations < 40
+    result = JFB.compute(counting, 1, diagnostics=False)
+    reference = JFB.compute(problem, 1, diagnostics=False)
+    assert 10 < costs.forward_evaluations < 40  # the solver's iterations and the final step
     assert costs.backward_vjps == 1
     for a, b in zip(result.grads_f, reference.grads_f, strict=True):
-        torch.testing.assert_close(a, b, rtol=1e-6, atol=1e-9)
+        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-9)
 
 
-def stop_at_tolerance(step: Any, h0: Any, *, num_steps: int, tol: float = 1e-9) -> ForwardSolution:
+def stop_at_tolerance(step: Any, h0: Any, *, num_steps: int, tol: float = 1e-5) -> ForwardSolution:
     """Iterate until the relative change is at most ``tol`` (not in order: its own count)."""
     del num_steps
     h = h0
@@ -164,7 +164,7 @@ def stop_at_tolerance(step: Any, h0: Any, *, num_steps: int, tol: float = 1e-9) 
     return ForwardSolution(h, 10_000)
 
 
-STOPPING = ForwardSolverSpec("stopping", stop_at_tolerance, "iterate to a tolerance", {"tol": 1e-9})
+STOPPING = ForwardSolverSpec("stopping", stop_at_tolerance, "iterate to a tolerance", {"tol": 1e-5})
 
 
 def test_the_task_kit_passes_on_a_small_setting(mnist_root: Path) -> None:
@@ -199,7 +199,7 @@ def training_run(seed: int, forward: ForwardSolverSpec | None = None) -> Trainin
 def fingerprint(outcome: TrainingOutcome) -> dict[str, Any]:
     assert isinstance(outcome.curves, list)
     return {
-        "metrics": outcome.metrics,
+        "metrics": {k: v for k, v in outcome.metrics.items() if k != "step_time_s"},
         "curves": {c.name: (list(c.values), c.x) for c in outcome.curves},
         "diverged": outcome.diverged,
     }
