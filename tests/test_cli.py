@@ -56,7 +56,10 @@ def test_a_small_sweep_writes_both_files_and_prints_the_leaderboard(tmp_path: Pa
         (["--device", "tpu"], "unknown device 'tpu'"),
         (["--task-param", "colour=3"], "contractive-rnn has no parameter colour"),
         (["--method-param", "tol"], "--method-param takes KEY=VALUE"),
-        (["--suite", "nosuchsuite"], "unknown suite 'nosuchsuite'; valid: hopfield-quick, "),
+        (
+            ["--suite", "nosuchsuite"],
+            "unknown suite 'nosuchsuite'; valid: deq-mnist, forward-solvers, hopfield-quick, ",
+        ),
         (["--jobs", "0"], "--jobs must be a positive whole number"),
         (["--timeout", "soon"], "--timeout must be a positive number"),
         (["--fail-on", "error,meh"], "--fail-on: unknown status meh"),
