@@ -282,15 +282,22 @@ def prepared(frame: pd.DataFrame) -> pd.DataFrame:
 def with_forward_labels(frame: pd.DataFrame) -> pd.DataFrame:
     """Rows on another forward solver than ``iterate`` are methods of their own: METHOD @ FORWARD.
 
-    A row without a forward (a table older than the column) ran on iterate.
+    A row without a forward (a table older than the column) ran on iterate. A
+    row already labelled keeps its label, so a prepared table can be prepared
+    again (the report does, and its curve legends read "bptt @ anderson").
     """
     if "forward" not in frame:
         return frame
     forward = frame["forward"].astype("string").fillna(DEFAULT_FORWARD)
-    other = forward != DEFAULT_FORWARD
+    suffix = " @ " + forward
+    labelled = pd.Series(
+        [str(m).endswith(str(s)) for m, s in zip(frame.method, suffix, strict=True)],
+        index=frame.index,
+    )
+    other = (forward != DEFAULT_FORWARD) & ~labelled
     if not other.any():
         return frame.assign(forward=forward)
-    labels = frame.method.where(~other, frame.method + " @ " + forward)
+    labels = frame.method.where(~other, frame.method + suffix)
     return frame.assign(forward=forward, method=labels.astype("string"))
 
 

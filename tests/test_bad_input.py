@@ -218,6 +218,7 @@ def test_an_unscoped_parameter_goes_to_the_selected_ones_that_take_it(
         "cora",
         "citeseer",
         "pubmed",
+        "deq-mnist",
     }  # not contractive-rnn, hyperopt
     assert settings.task_params["hyperopt"]["steps"] == 7
     assert settings.task_params["hopfield"]["steps"] == 30  # the suite's; the flag was scoped
@@ -259,6 +260,8 @@ def test_a_suite_may_name_a_task_the_flags_deselect(capsys: pytest.CaptureFixtur
         ("hyperopt", {"rbp_jacobian": "some"}, "hyperopt: rbp_jacobian must be one of"),
         ("hyperopt", {"meta_lr": float("nan")}, "hyperopt: meta_lr must be > 0"),
         ("contractive-rnn", {"hidden": 0}, "contractive-rnn: hidden must be at least 1"),
+        ("deq-mnist", {"spectral_norm": 1.0}, "deq-mnist: spectral_norm must be in (0, 1)"),
+        ("deq-mnist", {"examples": 60000}, "deq-mnist: examples + val_examples must be at most"),
     ],
 )
 def test_each_builtin_task_checks_its_ranges_up_front(

@@ -58,7 +58,7 @@ def test_a_small_sweep_writes_both_files_and_prints_the_leaderboard(tmp_path: Pa
         (["--method-param", "tol"], "--method-param takes KEY=VALUE"),
         (
             ["--suite", "nosuchsuite"],
-            "unknown suite 'nosuchsuite'; valid: forward-solvers, hopfield-quick, ",
+            "unknown suite 'nosuchsuite'; valid: deq-mnist, forward-solvers, hopfield-quick, ",
         ),
         (["--jobs", "0"], "--jobs must be a positive whole number"),
         (["--timeout", "soon"], "--timeout must be a positive number"),

@@ -411,3 +411,13 @@ def test_a_table_without_the_columns_or_with_every_forward_converged_renders_as_
         before = leaderboard.render(old, fmt)
         assert "converge" not in before and leaderboard.UNCONVERGED_MARK not in before
         assert leaderboard.render(converged, fmt) == before
+
+
+def test_a_method_on_another_forward_is_labelled_once_however_often_prepared() -> None:
+    rows = [
+        row("t", "bptt", 5, 0, forward="iterate", cell_id="a"),
+        row("t", "bptt", 5, 0, forward="anderson", cell_id="b"),
+    ]
+    once = leaderboard.prepared(frame(rows))
+    twice = leaderboard.prepared(leaderboard.prepared(frame(rows)))
+    assert list(once.method) == list(twice.method) == ["bptt", "bptt @ anderson"]

@@ -11,7 +11,7 @@ from rbpbench.problem import TaskSpec
 from rbpbench.reports import citation as citation_report
 from rbpbench.reports import hopfield as hopfield_report
 from rbpbench.reports import hyperopt as hyperopt_report
-from rbpbench.tasks import citation, contractive, hopfield, hyperopt
+from rbpbench.tasks import citation, contractive, deq, hopfield, hyperopt
 
 
 @hookimpl
@@ -61,5 +61,15 @@ def rbpbench_tasks() -> list[TaskSpec]:
             # Its recurrent network is SGD itself: the weights keep moving, there is no fixed
             # point to reach, and its rows say "not checked" rather than "did not converge".
             forward_converges=False,
+        ),
+        TaskSpec(
+            deq.TASK,
+            deq.build,
+            "deep-equilibrium MNIST classifier z = tanh(W z + U x + b), ||W||_2 = rho, trained "
+            "with Adam; exact implicit gradient by blockwise dense solves",
+            defaults=dataclasses.asdict(deq.Settings()),
+            dtype=torch.float32,
+            train=deq.train,
+            check=deq.check,
         ),
     ]
