@@ -40,9 +40,39 @@ def colours(methods: list[str]) -> dict[str, str]:
 
 
 def _save(figure: plt.Figure, path: Path) -> None:
-    figure.tight_layout()
+    if not figure.legends:  # a figure legend has laid the figure out already
+        figure.tight_layout()
     figure.savefig(path, dpi=DPI)
     plt.close(figure)
+
+
+# Above this many entries a legend goes below the axes, in columns, where it hides no point.
+LEGEND_INSIDE_MAX = 8
+LEGEND_COLUMNS = 4
+LEGEND_WIDTH_IN = 11.0  # what four columns of "method @ forward" labels need
+
+
+def _legend(figure: plt.Figure, axis: plt.Axes, fontsize: float = 7) -> None:
+    """The axis's legend inside it when short; else one legend under the figure, in columns,
+    with the figure made taller to hold it (a sweep of methods on several forwards has dozens)."""
+    handles, labels = axis.get_legend_handles_labels()
+    if len(labels) <= LEGEND_INSIDE_MAX:
+        axis.legend(fontsize=fontsize)
+        return
+    rows = math.ceil(len(labels) / LEGEND_COLUMNS)
+    height = figure.get_figheight()
+    extra = 0.2 * rows
+    figure.set_figheight(height + extra)
+    figure.set_figwidth(max(figure.get_figwidth(), LEGEND_WIDTH_IN))
+    figure.legend(
+        handles,
+        labels,
+        loc="lower center",
+        ncol=LEGEND_COLUMNS,
+        fontsize=fontsize,
+        frameon=False,
+    )
+    figure.tight_layout(rect=(0, extra / (height + extra), 1, 1))
 
 
 def _table(group: Group, *keys: str) -> Table | None:
@@ -62,16 +92,20 @@ def _log_or_symlog(axis: plt.Axes, values: list[float], which: str = "y") -> Non
         setter("symlog", linthresh=min(positive))
     elif max(positive) / min(positive) > 20:
         setter("log")
-        _log_ticks(axis.yaxis if which == "y" else axis.xaxis)
+        decades = math.log10(max(positive) / min(positive))
+        _log_ticks(axis.yaxis if which == "y" else axis.xaxis, decades)
 
 
-def _log_ticks(scale: Axis) -> None:
-    """Labels at 1, 2 and 5 times the powers of ten, written plainly, and no minor labels.
+def _log_ticks(scale: Axis, decades: float = 1.0) -> None:
+    """Labels at 1, 2 and 5 times the powers of ten (at powers of ten alone over more than
+    four decades, where the 1-2-5 ticks are too many to draw), written plainly, and no
+    minor labels.
 
     Matplotlib's default labels minor ticks too when an axis spans under a
     couple of decades, and those labels (2x10^7, 3x10^7, ...) overlap.
     """
-    scale.set_major_locator(LogLocator(base=10, subs=(1.0, 2.0, 5.0)))
+    subs = (1.0,) if decades > 4 else (1.0, 2.0, 5.0)
+    scale.set_major_locator(LogLocator(base=10, subs=subs, numticks=12))
     scale.set_major_formatter(FuncFormatter(lambda v, _: f"{v:g}"))
     scale.set_minor_formatter(NullFormatter())
 
@@ -159,8 +193,8 @@ def gradient_error(group: Group, path: Path) -> bool:
     axis.set_title(
         textwrap.fill(f"{group.label}: gradient error against truncation", 70), fontsize=10
     )
-    axis.legend(fontsize=8)
     axis.grid(alpha=0.3)
+    _legend(figure, axis, fontsize=8)
     _save(figure, path)
     return True
 
@@ -231,8 +265,8 @@ def tradeoff(group: Group, path: Path) -> bool:
         axis.set_xlabel(cost.title)
         axis.set_ylabel(error.title.split(" at the")[0])
         axis.grid(alpha=0.3)
-        axis.legend(fontsize=7)
     _title(figure, f"{group.label}: gradient error against cost (lower left is better)")
+    _legend(figure, axes[0][0])
     _save(figure, path)
     return True
 
@@ -287,7 +321,7 @@ def curve(group: Group, frame: pd.DataFrame, series: curve_convention.Series, pa
     _log_or_symlog(axes[0][0], values)
     _no_offset(axes[0][0], values)
     axes[0][0].set_ylabel(textwrap.fill(series.label, 30))
-    axes[0][0].legend(fontsize=7)
     _title(figure, f"{group.label}: {series.label} (mean over seeds, band: range)")
+    _legend(figure, axes[0][0])
     _save(figure, path)
     return True
