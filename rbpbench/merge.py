@@ -53,6 +53,7 @@ from rbpbench.results import (
     CURVES_DIR,
     DIVERGED,
     ENVIRONMENT_FILE,
+    JOURNAL,
     LOCK_FILE,
     OK,
     RESULTS_CSV,
@@ -339,7 +340,9 @@ def out_source(out: Path, *, check_lock: bool = True) -> Source | None:
 def holds_table(folder: Path) -> bool:
     """Whether the folder has a table to read (a damaged one too: read_source says why)."""
     parquet, csv = folder / RESULTS_PARQUET, folder / RESULTS_CSV
-    return parquet.exists() or (csv.exists() and csv.stat().st_size > 0)
+    return (
+        parquet.exists() or (csv.exists() and csv.stat().st_size > 0) or (folder / JOURNAL).exists()
+    )
 
 
 # ---------------------------------------------------------------- merging

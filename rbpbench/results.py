@@ -551,8 +551,15 @@ class ResultsFolder:
 
 
 def write_table(folder: Path, frame: pd.DataFrame) -> None:
-    """Write ``frame`` as the folder's table: results.parquet, then results.csv, each atomically
-    (what :meth:`ResultsFolder.flush` writes, for a table made elsewhere: ``rbpbench merge``).
-    :class:`StorageError` naming the file that could not be written."""
+    """Write ``frame`` as the folder's whole table: results.parquet, then results.csv, each
+    atomically, then remove the journal, whose rows ``frame`` must hold (what
+    :meth:`ResultsFolder.compact` does, for a table made elsewhere: ``rbpbench merge``, which
+    reads the folder with :func:`read_table`). :class:`StorageError` naming the file that
+    could not be written."""
     atomic_write(folder / RESULTS_PARQUET, lambda p: frame.to_parquet(p, index=False))
     atomic_write(folder / RESULTS_CSV, lambda p: frame.to_csv(p, index=False))
+    journal = folder / JOURNAL
+    try:
+        journal.unlink(missing_ok=True)
+    except OSError as exc:
+        raise StorageError(f"could not remove {journal}: {exc.strerror or exc}") from exc

@@ -48,6 +48,7 @@ def folder(
     store = ResultsFolder(path)
     for record in rows:
         store.append(CellOutcome(record, (curves or {}).get(record["cell_id"])))
+    store.compact()  # as a sweep does when it ends
     for run_id, time in (runs or {}).items():
         record_environment(path, run_id, {"run_id": run_id, "time": time, "nodes": {}})
     return path
@@ -362,3 +363,14 @@ def test_real_sweeps_on_two_machines_merge_and_compare(tmp_path: Path) -> None:
     table = pd.read_csv(io.StringIO(done.stdout))
     assert table.matched.tolist() == [1, 1] and table.only_a.tolist() == [1, 1]
     assert table.only_b.tolist() == [1, 1] and (table.grad_rel_error_exact_diff == 0).all()
+
+
+def test_a_folder_with_journalled_rows_merges_them_and_its_journal_goes(tmp_path: Path) -> None:
+    """A sweep killed before its last compaction leaves rows in the journal: they are rows."""
+    a = folder(tmp_path / "a", [row("t", "m", 5, 0, loss=1.0)])
+    store = ResultsFolder(a)
+    store.append(CellOutcome(row("t", "m", 5, 1, loss=2.0)))  # journalled, not compacted
+    assert (a / results.JOURNAL).exists()
+    assert main(["merge", str(a), str(folder(tmp_path / "b", [row("t", "m", 5, 2)]))]) == 0
+    assert sorted(merged_table(a).seed) == [0, 1, 2]
+    assert not (a / results.JOURNAL).exists()
