@@ -115,7 +115,7 @@ def test_the_environment_variable_turns_off_entry_points(
               "-p", "rbpbench.tasks.plugin")  # fmt: skip
     listing = run_cli("list", *chosen, site=site)
     assert method_names(listing.stdout) == {
-        "tiny-neumann", "bptt", "tbptt", "rbp", "cg-rbp", "neumann-rbp",
+        "tiny-neumann", "bptt", "tbptt", "rbp", "cg-rbp", "neumann-rbp", "jfb", "phantom",
     }  # fmt: skip
     line = next(row for row in listing.stdout.splitlines() if "tiny-neumann" in row)
     assert "rbpbench-tiny 0.3.0" in line
@@ -151,7 +151,7 @@ def test_rbpbench_plugins_lists_every_plugin_and_its_load_error(tmp_path: Path, 
     assert forgetful.split()[3:5] == ["loaded", "(none)"]  # a hint: no @hookimpl found
     paper = plugin_line(result.stdout, "paper-methods")
     assert "rbpbench 0.1.0" in paper and paper.endswith(
-        "methods: bptt, tbptt, rbp, cg-rbp, neumann-rbp"
+        "methods: bptt, tbptt, rbp, cg-rbp, neumann-rbp, jfb, phantom"
     )
     assert "tasks: contractive-rnn" in plugin_line(result.stdout, "builtin-tasks")
     assert result.stderr == ""  # no load warnings: the table says it
