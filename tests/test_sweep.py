@@ -14,6 +14,7 @@ import pandas as pd
 import pytest
 
 from rbpbench import results
+from rbpbench.costs import Costs
 from rbpbench.results import COLUMNS
 from tests.helpers import run_cli
 
@@ -200,9 +201,10 @@ def test_a_folder_that_turns_unwritable_stops_the_sweep_with_exit_3_and_it_resum
     assert "Traceback" not in stderr and "cells in" not in stdout
     message = [line for line in stderr.splitlines() if line.startswith("rbpbench: error:")]
     assert len(message) == 1 and "could not write" in message[0] and str(out) in message[0]
-    stored = pd.read_parquet(out / "results.parquet")  # still readable
+    stored = results.read(out)  # still readable: the table and the journal
     assert 2 <= len(stored) < 20
-    assert len(pd.read_csv(out / "results.csv")) == len(stored)
+    pd.read_parquet(out / "results.parquet")
+    pd.read_csv(out / "results.csv")
     resumed = run_cli(*args)
     assert resumed.returncode == 0, resumed.stderr
     assert f"{len(stored)} of 20 cells already finished" in resumed.stderr
@@ -322,7 +324,10 @@ def test_a_cell_s_curves_cross_the_worker_process_beside_its_row(tmp_path: Path)
     frame = load(out)
     assert list(frame.columns) == list(COLUMNS)  # no side data among the columns
     assert set(frame.status) == {"ok"} and list(frame.epochs) == [2, 2]
-    assert all(json.loads(extra) == {"steps_seen": 3} for extra in frame.extra_metrics)
+    for extra in map(json.loads, frame.extra_metrics):
+        # the task's own metric, and the mean cost of its training steps, counted by the harness
+        assert extra.pop("steps_seen") == 3
+        assert set(extra) == {f"{c}_per_step" for c in Costs().columns()}
     assert {p.stem for p in (out / CURVES_DIR).iterdir()} == set(frame.cell_id)
     for row in frame.itertuples():
         curves = read_curves(out, str(row.cell_id))
