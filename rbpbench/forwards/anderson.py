@@ -72,11 +72,11 @@ from torch import Tensor
 
 from rbpbench import state as S
 from rbpbench.forwards.common import (
+    Iterates,
     check_non_negative,
     check_positive_int,
     combine,
     dots,
-    relative_residual,
     solver_tolerance,
 )
 from rbpbench.problem import ForwardSolution, ForwardSolverSpec
@@ -140,20 +140,12 @@ def anderson(
     images: list[Tensor] = []
     residuals: list[Tensor] = []
     gram = x.new_zeros(0, 0)
-    trace: list[float] = []
     h: State = h0
-    best: State = h0
-    best_residual = math.inf
+    seen = Iterates(tol, max_iter, h0)
     for k in range(max_iter):
         fx = S.flatten(step(h, k))
         residual = fx - x
-        relative = relative_residual(fx, residual)
-        trace.append(relative)
-        if not math.isfinite(relative):
-            break
-        if relative < best_residual:
-            best, best_residual = h, relative
-        if relative <= tol or k == max_iter - 1:
+        if seen.seen(k, h, fx, residual):
             break
         if len(residuals) == m:
             del images[0], residuals[0]
@@ -174,7 +166,7 @@ def anderson(
             # beta sum alpha_i F(h_i) + (1 - beta) sum alpha_i h_i, with h_i = F(h_i) - f_i.
             x = x - (1 - beta) * combine(alpha, residuals)
         h = S.unflatten(x, h0)
-    return ForwardSolution(best, len(trace), trace)
+    return seen.solution()
 
 
 ANDERSON = ForwardSolverSpec(

@@ -67,11 +67,11 @@ from torch import Tensor
 
 from rbpbench import state as S
 from rbpbench.forwards.common import (
+    Iterates,
     check_non_negative,
     check_positive_int,
     combine,
     dots,
-    relative_residual,
     solver_tolerance,
 )
 from rbpbench.problem import ForwardSolution, ForwardSolverSpec
@@ -113,22 +113,14 @@ def broyden(
     guard = math.sqrt(eps)
     us: list[Tensor] = []  # B = -I + sum_i u_i v_i^T
     vs: list[Tensor] = []
-    trace: list[float] = []
     h: State = h0
-    best: State = h0
-    best_residual = math.inf
+    seen = Iterates(tol, max_iter, h0)
     g_prev: Tensor | None = None
     move: Tensor | None = None  # dh = h_k - h_{k-1} = -B_{k-1} g(h_{k-1})
     for k in range(max_iter):
         fx = S.flatten(step(h, k))
         g = fx - x
-        relative = relative_residual(fx, g)
-        trace.append(relative)
-        if not math.isfinite(relative):
-            break
-        if relative < best_residual:
-            best, best_residual = h, relative
-        if relative <= tol or k == max_iter - 1:
+        if seen.seen(k, h, fx, g):
             break
         if len(us) == memory:  # full: restart from B = -I (this iterate's step is plain iteration)
             us, vs, move = [], [], None
@@ -158,7 +150,7 @@ def broyden(
         g_prev = g
         x = x + move
         h = S.unflatten(x, h0)
-    return ForwardSolution(best, len(trace), trace)
+    return seen.solution()
 
 
 BROYDEN = ForwardSolverSpec(

@@ -20,10 +20,14 @@ below the floor), they stop at ``max_iter``.
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass, field
 from typing import Any
 
 import torch
 from torch import Tensor
+
+from rbpbench.problem import ForwardSolution
+from rbpbench.state import State
 
 
 def default_solver_tolerance(dtype: torch.dtype) -> float:
@@ -110,3 +114,30 @@ def dots(vectors: list[Tensor], y: Tensor) -> Tensor:
 def combine(coeffs: Tensor, vectors: list[Tensor]) -> Tensor:
     """sum_i coeffs[i] * vectors[i]: ``coeffs @ stack(vectors)`` (recorded as in :func:`dots`)."""
     return _Combine.apply(coeffs, *vectors)
+
+
+@dataclass
+class Iterates:
+    """What both accelerated solvers keep of their iterates: the relative residual of each and
+    the best one evaluated, which is what they return."""
+
+    tol: float
+    max_iter: int
+    best: State
+    best_residual: float = math.inf
+    trace: list[float] = field(default_factory=list)
+
+    def seen(self, k: int, h: State, fx: Tensor, residual: Tensor) -> bool:
+        """Record iterate ``k`` (``fx`` = F(h) and ``residual`` = F(h) - h, flat); True: stop
+        here, converged, at the budget's end or on a non-finite residual."""
+        relative = relative_residual(fx, residual)
+        self.trace.append(relative)
+        if not math.isfinite(relative):
+            return True
+        if relative < self.best_residual:
+            self.best, self.best_residual = h, relative
+        return relative <= self.tol or k == self.max_iter - 1
+
+    def solution(self) -> ForwardSolution:
+        """The best iterate, with one evaluation of F per iterate seen."""
+        return ForwardSolution(self.best, len(self.trace), self.trace)
