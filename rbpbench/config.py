@@ -872,6 +872,19 @@ def run_task_checks(
                 raise UsageError(f"task parameters: {message}") from None
 
 
+def run_forward_checks(registry: Registry, forward_params: Mapping[str, Mapping[str, Any]]) -> None:
+    """Each selected forward solver's own ``check`` on its parameters (defaults merged)."""
+    for name, params in forward_params.items():
+        spec = registry.forward(name)
+        if spec.check is None:
+            continue
+        try:
+            spec.check({**spec.defaults, **params})
+        except (ValueError, TypeError) as exc:
+            message = " ".join(str(exc).split()) or type(exc).__name__
+            raise UsageError(f"forward parameters: {message}") from None
+
+
 def resolve(
     settings: Mapping[str, Any],
     registry: Registry,
@@ -901,6 +914,7 @@ def resolve(
     forward_params = {
         f: {**merged["forward_params"].get(f, {}), **forward_flags[f]} for f in forwards
     }
+    run_forward_checks(registry, forward_params)
     task_plugins, method_plugins = plugins_of(registry, "task"), plugins_of(registry, "method")
     task_flags = scope_flags(task_param_flags or {}, tasks, task_plugins, "--task-param", "task")
     method_flags = scope_flags(

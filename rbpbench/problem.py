@@ -110,7 +110,10 @@ class ForwardSolverSpec:
     in order, exactly ``num_steps`` of them (``iterate``): the only kind a
     time-varying problem accepts. ``differentiable=False`` declares a solver
     that autograd cannot go through (in-place buffers): BPTT and TBPTT cells
-    on it are skipped with that reason.
+    on it are skipped with that reason. ``check`` (optional) receives the
+    parameters a sweep gives the solver, defaults merged, before anything runs,
+    and raises ValueError naming a value out of range: the sweep then stops
+    with that line (exit 2) instead of filling its table with error rows.
     """
 
     name: str
@@ -119,6 +122,7 @@ class ForwardSolverSpec:
     defaults: Mapping[str, Any] = field(default_factory=dict)
     in_order: bool = False
     differentiable: bool = True
+    check: Callable[[Mapping[str, Any]], None] | None = None
 
 
 @dataclass(frozen=True)

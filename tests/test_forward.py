@@ -270,3 +270,16 @@ def test_memory_stays_flat_in_the_forward_iterations(registry, method: str) -> N
         call()
         peaks.append(peak_memory(call, torch.device("cpu"), repeats=3).peak_bytes)
     assert peaks[1] <= 1.25 * peaks[0], peaks
+
+
+def test_a_forward_parameter_out_of_range_is_one_line_before_anything_runs(
+    capsys, tmp_path
+) -> None:
+    out = tmp_path / "a"
+    code, _, err = cli(capsys, "run", "--forward", "anderson", "--forward-param", "m=0",
+                       "--out", str(out))  # fmt: skip
+    assert code == 2 and "forward parameters: anderson: m must be" in err
+    assert len(err.strip().splitlines()) == 1 and not out.exists()
+    code, _, err = cli(capsys, "run", "--forward", "broyden", "--forward-param",
+                       "broyden.tol=-1.0", "--out", str(out))  # fmt: skip
+    assert code == 2 and "broyden: tol" in err and not out.exists()

@@ -174,4 +174,5 @@ ANDERSON = ForwardSolverSpec(
     anderson,
     "Anderson acceleration (type II, window m, mixing beta, damped least squares) to a relative residual tol",
     defaults={"m": 20, "beta": 1.0, "damping": 1e-4, "tol": 0.0, "max_iter": 1000},
+    check=lambda params: check_params(**params),
 )

@@ -158,4 +158,5 @@ BROYDEN = ForwardSolverSpec(
     broyden,
     "limited-memory good Broyden (memory pairs, no line search) to a relative residual tol",
     defaults={"memory": 30, "tol": 0.0, "max_iter": 1000},
+    check=lambda params: check_params(**params),
 )
