@@ -738,22 +738,16 @@ def plugins_of(registry: Registry, kind: str) -> dict[str, Plugin]:
             )
             for name, (spec, _) in registry.tasks.items()
         }
-    if kind == "forward solver":
-        return {
-            name: Plugin(
-                name,
-                accepted_params(spec.solve, spec.defaults),
-                param_defaults(spec.solve, spec.defaults),
-            )
-            for name, (spec, _) in registry.forwards.items()
-        }
+    specs, function = (
+        (registry.forwards, "solve") if kind == "forward solver" else (registry.methods, "compute")
+    )
     return {
         name: Plugin(
             name,
-            accepted_params(spec.compute, spec.defaults),
-            param_defaults(spec.compute, spec.defaults),
+            accepted_params(getattr(spec, function), spec.defaults),
+            param_defaults(getattr(spec, function), spec.defaults),
         )
-        for name, (spec, _) in registry.methods.items()
+        for name, (spec, _) in specs.items()
     }
 
 

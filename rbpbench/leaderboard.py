@@ -282,23 +282,16 @@ def prepared(frame: pd.DataFrame) -> pd.DataFrame:
 def with_forward_labels(frame: pd.DataFrame) -> pd.DataFrame:
     """Rows on another forward solver than ``iterate`` are methods of their own: METHOD @ FORWARD.
 
-    A row without a forward (a table older than the column) ran on iterate. A
-    row already labelled keeps its label, so a prepared table can be prepared
-    again (the report does, and its curve legends read "bptt @ anderson").
+    A row without a forward (a table older than the column) ran on iterate. The
+    method's own name is kept in ``method_name`` and the label always derived
+    from it, so a prepared table can be prepared again (the report does).
     """
     if "forward" not in frame:
         return frame
     forward = frame["forward"].astype("string").fillna(DEFAULT_FORWARD)
-    suffix = " @ " + forward
-    labelled = pd.Series(
-        [str(m).endswith(str(s)) for m, s in zip(frame.method, suffix, strict=True)],
-        index=frame.index,
-    )
-    other = (forward != DEFAULT_FORWARD) & ~labelled
-    if not other.any():
-        return frame.assign(forward=forward)
-    labels = frame.method.where(~other, frame.method + suffix)
-    return frame.assign(forward=forward, method=labels.astype("string"))
+    name = frame.get("method_name", frame.method)
+    labels = name.where(forward == DEFAULT_FORWARD, name + " @ " + forward)
+    return frame.assign(forward=forward, method_name=name, method=labels.astype("string"))
 
 
 def with_costs(frame: pd.DataFrame) -> pd.DataFrame:
