@@ -1,16 +1,19 @@
 from __future__ import annotations
 
 import dataclasses
+import os
 from pathlib import Path
 
 import pytest
 import torch
 
+from rbpbench.data import DATA_DIR_ENV
 from rbpbench.plugins import Registry, load_registry
 from rbpbench.problem import Problem
 from rbpbench.tasks import contractive
 
 CPU = torch.device("cpu")
+SHARED_MNIST = Path(__file__).resolve().parents[2] / "shared" / "data" / "MNIST" / "raw"
 
 
 def pytest_configure(config: pytest.Config) -> None:
@@ -39,3 +42,18 @@ def started_at_fixed_point(problem: Problem) -> Problem:
                 break
             h = h_next
     return dataclasses.replace(problem, initial_state=h)
+
+
+@pytest.fixture
+def mnist_root(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """A data root holding MNIST's raw files: the CI copy if set, else links to the shared ones."""
+    if os.environ.get(DATA_DIR_ENV) and (Path(os.environ[DATA_DIR_ENV]) / "MNIST" / "raw").is_dir():
+        return Path(os.environ[DATA_DIR_ENV])
+    if not SHARED_MNIST.is_dir():
+        pytest.skip("no MNIST raw files on this machine")
+    raw = tmp_path / "MNIST" / "raw"
+    raw.mkdir(parents=True)
+    for source in SHARED_MNIST.iterdir():
+        (raw / source.name).symlink_to(source)
+    monkeypatch.setenv(DATA_DIR_ENV, str(tmp_path))
+    return tmp_path

@@ -37,7 +37,8 @@ def test_the_hopfield_quick_preset_runs_end_to_end(tmp_path: Path) -> None:
     assert png.startswith(b"\x89PNG") and len(png) > 5000
 
 
-def test_the_hyperopt_quick_preset_runs_end_to_end(tmp_path: Path) -> None:
+def test_the_hyperopt_quick_preset_runs_end_to_end(tmp_path: Path, mnist_root: Path) -> None:
+    """Needs MNIST's raw files (skipped without them, as the task tests are)."""
     out = tmp_path / "hyperopt"
     args = ["--suite", "quick", "--tasks", "hyperopt", "--seeds", "0", "--truncation", "5"]
     result = run_cli("run", *args, "--out", str(out))
