@@ -14,12 +14,14 @@ from __future__ import annotations
 
 import gc
 import math
+import mmap
 import statistics
 import tempfile
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -75,25 +77,135 @@ def peak_memory(
     """
     if repeats < 1:
         raise ValueError(f"repeats must be at least 1, got {repeats}")
-    return min((_peak_once(fn, device) for _ in range(repeats)), key=lambda m: m.peak_bytes)
+    return min(peak_memories([fn] * repeats, device), key=lambda m: m.peak_bytes)
 
 
-def _peak_once(fn: Callable[[], object], device: torch.device) -> MemoryFigure:
-    gc.collect()
+def peak_memories(fns: Sequence[Callable[[], object]], device: torch.device) -> list[MemoryFigure]:
+    """The peak memory of each call of ``fns`` in turn, each as :func:`peak_memory` reports it.
+
+    On CUDA each call is measured by the caching allocator's peak counter. On
+    the CPU the calls share one memray capture: starting and stopping memray
+    costs 0.1-0.8 s (it patches and restores the allocation functions of every
+    shared object loaded, 92 of them with a CUDA build of torch), far more than
+    a cheap call. Each call runs between two marker mappings, and its figure
+    counts only the allocations made between them, frees of memory allocated
+    before its start ignored: exactly what a capture around that call alone
+    would report (:func:`segment_peaks`). A call that raises ends the capture
+    and the exception propagates; callers that must measure the others guard
+    their calls.
+    """
     if device.type == "cuda":
-        synchronize(device)
-        torch.cuda.reset_peak_memory_stats(device)
-        baseline = torch.cuda.memory_allocated(device)
-        fn()
-        synchronize(device)
-        return MemoryFigure(torch.cuda.max_memory_allocated(device) - baseline, "cuda-allocator")
+        return [_cuda_peak(fn, device) for fn in fns]
+    if not fns:
+        return []
     import memray
 
+    marked = len(fns) > 1
     with tempfile.TemporaryDirectory(prefix="rbpbench-memray-") as folder:
-        capture = Path(folder) / "capture.bin"
-        with memray.Tracker(destination=memray.FileDestination(str(capture), overwrite=True)):
-            fn()
-        return MemoryFigure(int(memray.FileReader(str(capture)).metadata.peak_memory), "memray")
+        capture = str(Path(folder) / "capture.bin")
+        gc.collect()
+        with memray.Tracker(destination=memray.FileDestination(capture, overwrite=True)):
+            for i, fn in enumerate(fns):
+                if marked:
+                    if i:
+                        gc.collect()  # what it allocates falls between two calls' markers
+                    _map_marker(CALL_STARTS_PAGES)
+                fn()
+                if marked:
+                    _map_marker(CALL_ENDS_PAGES)
+        reader = memray.FileReader(capture)
+        if not marked:  # memray's own figure for the whole capture
+            return [MemoryFigure(int(reader.metadata.peak_memory), "memray")]
+        peaks = segment_peaks(reader.get_allocation_records())
+    if len(peaks) != len(fns):
+        raise RuntimeError(
+            f"the memory capture holds {len(peaks)} marked calls, not {len(fns)}: "
+            "memray did not record the marker mappings"
+        )
+    return [MemoryFigure(peak, "memray") for peak in peaks]
+
+
+def _cuda_peak(fn: Callable[[], object], device: torch.device) -> MemoryFigure:
+    gc.collect()
+    synchronize(device)
+    torch.cuda.reset_peak_memory_stats(device)
+    baseline = torch.cuda.memory_allocated(device)
+    fn()
+    synchronize(device)
+    return MemoryFigure(torch.cuda.max_memory_allocated(device) - baseline, "cuda-allocator")
+
+
+# The marker mappings around each call of a shared capture: anonymous mappings of
+# sizes no allocation of a gradient computation has (prime numbers of pages, 31 MiB
+# of address space that is never touched), mapped and unmapped at once.
+CALL_STARTS_PAGES = 7919
+CALL_ENDS_PAGES = 7927
+
+
+def _map_marker(pages: int) -> None:
+    mmap.mmap(-1, pages * mmap.PAGESIZE).close()
+
+
+def segment_peaks(records: Iterable[Any]) -> list[int]:
+    """Each marked call's peak from a memray capture's records, in order.
+
+    The records are memray's, in the order they happened: allocations,
+    deallocations, mappings and unmappings with their address and size. Within
+    one call (from the start marker's mapping to the end marker's), the bytes
+    held are summed as memray sums them for a whole capture: an allocation adds
+    its size, freeing it (or reallocating it: memray records a free and an
+    allocation) takes that size off, unmapping takes off the part of a mapping
+    made in the call that it covers, and freeing memory allocated before the
+    call's start takes off nothing.
+    """
+    from memray import AllocatorType
+
+    simple_frees = {AllocatorType.FREE, AllocatorType.PYMALLOC_FREE}
+    start_size = CALL_STARTS_PAGES * mmap.PAGESIZE
+    end_size = CALL_ENDS_PAGES * mmap.PAGESIZE
+    peaks: list[int] = []
+    live: dict[int, int] | None = None  # address -> size, of the call in progress
+    mappings: dict[int, int] = {}  # start -> length
+    held = peak = 0
+    for record in records:
+        kind, address, size = record.allocator, record.address, record.size
+        if kind == AllocatorType.MMAP and size in (start_size, end_size):
+            if size == end_size and live is not None:
+                peaks.append(peak)
+            live = {} if size == start_size else None
+            mappings, held, peak = {}, 0, 0
+        elif live is None:
+            continue
+        elif kind in simple_frees:
+            held -= live.pop(address, 0)
+        elif kind == AllocatorType.MUNMAP:
+            held -= _unmap(mappings, address, size)
+        else:
+            if kind == AllocatorType.MMAP:
+                mappings[address] = size
+            else:
+                live[address] = size
+            held += size
+            peak = max(peak, held)
+    return peaks
+
+
+def _unmap(mappings: dict[int, int], address: int, length: int) -> int:
+    """Take [address, address + length) out of ``mappings``; the bytes it covered."""
+    removed = 0
+    end = address + length
+    for start, size in list(mappings.items()):
+        stop = start + size
+        low, high = max(start, address), min(stop, end)
+        if low >= high:
+            continue
+        removed += high - low
+        del mappings[start]
+        if start < low:
+            mappings[start] = low - start
+        if high < stop:
+            mappings[high] = stop - high
+    return removed
 
 
 # The spectral radius of J (docs/measurement.md, "Spectral radius", has the

@@ -19,6 +19,7 @@ import os
 import socket
 import time
 import traceback
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -75,6 +76,10 @@ def describe_exception(exc: BaseException) -> str:
     frames = traceback.extract_tb(exc.__traceback__)
     where = f" (at {Path(frames[-1].filename).name}:{frames[-1].lineno})" if frames else ""
     return f"{type(exc).__name__}: {exc}{where}"
+
+
+def failure_status(exc: BaseException) -> str:
+    return OOM if is_out_of_memory(exc) else ERROR
 
 
 def is_out_of_memory(exc: BaseException) -> bool:
@@ -190,32 +195,71 @@ class CellRunner:
 
     def run(self, cell: Cell) -> CellOutcome:
         """The cell's row, and a training task's curves beside it."""
+        return self.run_batch([cell])[0]
+
+    def run_batch(self, cells: Sequence[Cell]) -> list[CellOutcome]:
+        """The cells' outcomes, in order; the memory passes of CPU cells share one capture.
+
+        Each cell runs as :meth:`run` would run it, except that the memory pass of
+        a CPU cell of a task that does not train waits for the others' and all
+        run under one memray capture (:func:`measure.peak_memories`: the same
+        figures, one start and stop of the profiler instead of one per cell).
+        The capture's time is shared out equally in ``cell_time_s``.
+        """
+        started = [self._start(cell) for cell in cells]
+        waiting = [s for s in started if s.memory_pass is not None]
+        if waiting:
+            begin = time.perf_counter()
+            figures = measure.peak_memories(
+                [s.guarded_memory_pass for s in waiting], torch.device("cpu")
+            )
+            share = (time.perf_counter() - begin) / len(waiting)
+            for s, figure in zip(waiting, figures, strict=True):
+                s.record_memory(figure)
+                s.elapsed += share
+        return [s.outcome() for s in started]
+
+    def _start(self, cell: Cell) -> StartedCell:
+        """Everything of a cell but, for a CPU cell of a task that does not train, its memory pass."""
         start = time.perf_counter()
         row = identity_row(cell, self.registry, self.run_id)
         row["worker"] = worker_name()
-        curves: Curves | None = None
+        started = StartedCell(row)
         reason = device_unavailable(cell.device)
         if reason:
             row.update(status=SKIPPED, error=reason)
-            return CellOutcome(row)
+            return started
         try:
-            row.update(self._measure(cell))
-            if row["status"] == OK and self.registry.task(cell.task).train is not None:
-                trained, curves = self._train(cell)
+            columns, memory = self._measure(cell)
+            row.update(columns)
+            trains = self.registry.task(cell.task).train is not None
+            if memory is not None:
+                started.memory_pass, started.costs = memory
+                if cell.device != "cpu" or trains:
+                    # Measured now: on CUDA a capture costs nothing to start, and a
+                    # training task's capture keeps its place before the training.
+                    device = torch.device(cell.device)
+                    started.record_memory(measure.peak_memory(started.pop_memory_pass(), device))
+            if row["status"] == OK and trains:
+                trained, started.curves = self._train(cell)
                 row.update(trained)
         except (DatasetUnavailable, ForwardMismatch) as exc:
+            started.memory_pass = None
             row.update(status=SKIPPED, error=str(exc))
         except Exception as exc:
-            row.update(
-                status=OOM if is_out_of_memory(exc) else ERROR, error=describe_exception(exc)
-            )
+            started.memory_pass = None
+            row.update(status=failure_status(exc), error=describe_exception(exc))
         finally:
             if cell.device.startswith("cuda") and torch.cuda.is_available():
                 torch.cuda.empty_cache()
-        row["cell_time_s"] = time.perf_counter() - start
-        return CellOutcome(row, curves)
+        started.elapsed = time.perf_counter() - start
+        return started
 
-    def _measure(self, cell: Cell) -> dict[str, Any]:
+    def _measure(
+        self, cell: Cell
+    ) -> tuple[dict[str, Any], tuple[Callable[[], object], Costs] | None]:
+        """The cell's columns but the memory ones, and its memory pass with the costs it
+        counts (None for a diverged cell)."""
         spec = self.registry.method(cell.method)
         params = {**spec.defaults, **dict(cell.method_params)}
         device = torch.device(cell.device)
@@ -233,23 +277,22 @@ class CellRunner:
             and math.isfinite(result.forward_residual)
             and measure.all_finite(result.grads_f, result.grads_g)
         ):
-            return {
+            columns = {
                 **figures,
                 **self._convergence(cell, problem, result, may_fail=True),
                 "status": DIVERGED,
                 "error": "non-finite loss, state or gradient",
             }
+            return columns, None
         facts = self.facts(cell, problem)
         refs = self.references(cell)
         wall, repeats = measure.median_wall_time(lambda: compute(False), device)
         # The memory pass runs on a copy of the problem whose steps count their use: the
         # counting costs no memory a figure would notice, and the timed pass runs without it.
         counting, costs = counted(problem)
-        memory = measure.peak_memory(lambda: compute(False, counting), device)
         both = result.grads_f + result.grads_g
-        return {
+        columns = {
             **figures,
-            **costs.columns(),
             **self._convergence(cell, problem, result),
             "status": OK,
             "grad_rel_error": measure.relative_error(result.grads_f, refs.bptt_f),
@@ -265,9 +308,8 @@ class CellRunner:
             "spectral_radius": facts.spectral_radius,
             "wall_time_s": wall,
             "timing_repeats": repeats,
-            "peak_memory_bytes": memory.peak_bytes,
-            "memory_method": memory.method,
         }
+        return columns, (lambda: compute(False, counting), costs)
 
     def _convergence(
         self, cell: Cell, problem: Problem, result: GradientResult, *, may_fail: bool = False
@@ -322,6 +364,49 @@ class CellRunner:
         if outcome.diverged:
             row.update(status=DIVERGED, error="training diverged: non-finite loss or parameters")
         return row, outcome.curves
+
+
+@dataclass
+class StartedCell:
+    """A cell run up to its memory pass: its row so far, and the pass still to measure."""
+
+    row: dict[str, Any]
+    curves: Curves | None = None
+    memory_pass: Callable[[], object] | None = None
+    costs: Costs | None = None
+    memory_error: Exception | None = None
+    elapsed: float = 0.0
+
+    def pop_memory_pass(self) -> Callable[[], object]:
+        memory_pass, self.memory_pass = self.memory_pass, None
+        assert memory_pass is not None
+        return memory_pass
+
+    def guarded_memory_pass(self) -> None:
+        """The memory pass, an exception kept rather than raised: one failing pass must
+        not end a capture that other cells' passes share."""
+        try:
+            self.pop_memory_pass()()
+        except Exception as exc:
+            self.memory_error = exc
+
+    def record_memory(self, figure: measure.MemoryFigure) -> None:
+        if self.memory_error is not None:
+            self.row.update(
+                status=failure_status(self.memory_error),
+                error=describe_exception(self.memory_error),
+            )
+            return
+        assert self.costs is not None
+        self.row.update(
+            peak_memory_bytes=figure.peak_bytes,
+            memory_method=figure.method,
+            **self.costs.columns(),
+        )
+
+    def outcome(self) -> CellOutcome:
+        self.row["cell_time_s"] = self.elapsed
+        return CellOutcome(self.row, self.curves)
 
 
 def mean_costs_per_step(step_costs: list[Costs]) -> dict[str, float]:
