@@ -224,9 +224,7 @@ class Batcher:
     def take(self, pending: deque[Cell]) -> list[Cell]:
         batch = [pending.popleft()]
         total = self.estimate(batch[0])
-        if total is None:
-            return batch
-        while pending and len(batch) < self.max_batch:
+        while total is not None and pending and len(batch) < self.max_batch:
             cost = self.estimate(pending[0])
             if cost is None or total + cost > BATCH_TARGET_S:
                 break
@@ -272,10 +270,13 @@ class LocalPool:
     node: str = field(default_factory=socket.gethostname)
     keep_workers: bool = False
     max_batch: int = MAX_BATCH
-    _batcher: Batcher | None = field(default=None, repr=False)
+    batcher: Batcher = field(init=False, repr=False)
     _requeue: list[Cell] = field(default_factory=list)  # cells of a lost batch, to run alone
     _context: Any = field(default_factory=lambda: mp.get_context("spawn"))
     _idle: list[Worker] = field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        self.batcher = Batcher(self.registry, self.max_batch)
 
     def _start(self) -> Worker:
         threads = self.threads or threads_per_worker(self.jobs)
@@ -308,14 +309,12 @@ class LocalPool:
         self._idle = []
         workers += [self._start() for _ in range(min(self.jobs, len(pending)) - len(workers))]
         kept: list[Worker] = []
-        if self._batcher is None:
-            self._batcher = Batcher(self.registry, self.max_batch)
-        self._batcher.isolated.clear()  # ids of the last run's cells
+        self.batcher.isolated.clear()  # ids of the last run's cells
         try:
             while pending or any(w.cells for w in workers):
                 for w in workers:
                     if w.ready and not w.cells and pending:
-                        w.cells = self._batcher.take(pending)
+                        w.cells = self.batcher.take(pending)
                         w.started = time.monotonic()
                         w.deadline = w.started + (self.timeout or math.inf) * len(w.cells)
                         # A worker that died idle cannot take it: _service reports it crashed.
@@ -351,16 +350,14 @@ class LocalPool:
             elif kind == "rows":
                 cells, w.cells, w.deadline = w.cells, [], float("inf")
                 for cell, outcome in zip(cells, payload, strict=True):
-                    assert self._batcher is not None
-                    self._batcher.observe(cell, outcome.row)
+                    self.batcher.observe(cell, outcome.row)
                     # Not guarded: a row that cannot be stored must stop the sweep.
                     on_row(replace(outcome, row={**outcome.row, "node": self.node}))
         died = bool(w.cells) and not w.process.is_alive()
         late = bool(w.cells) and time.monotonic() > w.deadline
         if (died or late) and len(w.cells) > 1:
             # Which cell of the batch failed is unknown: each runs again alone.
-            assert self._batcher is not None
-            self._batcher.isolate(w.cells)
+            self.batcher.isolate(w.cells)
             self._requeue += w.cells
             return self._replace(w)
         if died:

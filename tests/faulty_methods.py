@@ -36,6 +36,19 @@ def dies(problem, truncation, **_):
     os.kill(os.getpid(), signal.SIGKILL)
 
 
+def dies_on_seed_2(problem, truncation, **_):
+    if problem.seed == 2:
+        os.kill(os.getpid(), signal.SIGKILL)
+    return bptt(problem, truncation)
+
+
+def fails_when_counted(problem, truncation, **_):
+    """BPTT, except in the memory pass (the one pass whose problem counts its steps)."""
+    if getattr(problem.step, "__name__", "") == "counted_step":
+        raise RuntimeError("the counted pass is refused")
+    return bptt(problem, truncation)
+
+
 def exhausts_memory(problem, truncation, **_):
     torch.empty(2**62, dtype=torch.uint8)  # the allocator refuses at once: nothing is allocated
 
@@ -82,6 +95,8 @@ def rbpbench_methods() -> list[MethodSpec]:
         MethodSpec("raises", raises, "always raises"),
         MethodSpec("nan", not_a_number, "returns NaN gradients"),
         MethodSpec("dies", dies, "kills its own process"),
+        MethodSpec("dies-on-seed-2", dies_on_seed_2, "BPTT; kills its process at seed 2"),
+        MethodSpec("fails-when-counted", fails_when_counted, "BPTT; raises in the memory pass"),
         MethodSpec("exhausts-memory", exhausts_memory, "asks for 4 EiB"),
         MethodSpec("wrong-shape", wrong_shape, "returns flattened gradients"),
         MethodSpec("list-grads", list_grads, "returns grads_f as a list"),

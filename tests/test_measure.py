@@ -77,6 +77,65 @@ def test_peak_memory_reports_the_smallest_of_its_repeats() -> None:
         peak_memory(allocate, CPU, repeats=0)
 
 
+def test_calls_sharing_a_capture_get_the_figures_of_captures_of_their_own() -> None:
+    held: list[Tensor] = []
+
+    def allocates() -> None:
+        torch.ones(8_000_000, dtype=torch.float64)  # 64 MB
+
+    def frees_what_was_held_then_allocates() -> None:
+        held.pop()  # 32 MB freed: memory held before the call is no saving of the call's
+        torch.ones(2_000_000, dtype=torch.float64)  # 16 MB
+
+    def grows() -> None:
+        buffer = bytearray()
+        for _ in range(300):
+            buffer += bytes(10_000)  # reallocated as it grows: memray sees a free and a new block
+
+    def nothing() -> None:
+        pass
+
+    calls = [allocates, frees_what_was_held_then_allocates, grows, nothing, allocates]
+    held += [torch.ones(8_000_000) for _ in range(3)]
+    for call in calls:  # warm-up
+        call()
+    alone = [peak_memory(call, CPU).peak_bytes for call in calls]
+    shared = [figure.peak_bytes for figure in measure.peak_memories(calls, CPU)]
+    assert 16_000_000 <= alone[1] < 17_000_000 and 3_000_000 <= alone[2] < 7_000_000
+    for a, s in zip(alone, shared, strict=True):
+        assert abs(a - s) <= 64 << 10, (alone, shared)
+
+
+def test_segment_peaks_sums_each_call_as_memray_sums_a_capture() -> None:
+    from types import SimpleNamespace
+
+    from memray import AllocatorType as A
+
+    page = measure.mmap.PAGESIZE
+    start, end = measure.CALL_STARTS_PAGES * page, measure.CALL_ENDS_PAGES * page
+
+    def r(kind: A, address: int, size: int = 0) -> SimpleNamespace:
+        return SimpleNamespace(allocator=kind, address=address, size=size)
+
+    records = [
+        r(A.MALLOC, 1, 10**6),  # before the first call: not the call's
+        r(A.MMAP, 50, start), r(A.MUNMAP, 50, start),
+        r(A.MALLOC, 1, 100), r(A.MALLOC, 2, 50), r(A.FREE, 1),  # 50 held
+        r(A.FREE, 99),  # memory from before the call: takes nothing off
+        r(A.FREE, 2), r(A.REALLOC, 3, 80),  # a realloc: 80 held
+        r(A.MMAP, 10_000, 1_000),  # 1,080 held: the peak
+        r(A.MUNMAP, 10_500, 200),  # a hole in the middle of the mapping: 880
+        r(A.MUNMAP, 9_000, 5_000),  # the rest of it, and more: 80
+        r(A.MMAP, 60, end), r(A.MUNMAP, 60, end),
+        r(A.MALLOC, 4, 10**6),  # between two calls
+        r(A.MMAP, 70, start), r(A.MUNMAP, 70, start),
+        r(A.FREE, 3),  # allocated in the call before
+        r(A.PYMALLOC_MALLOC, 5, 10), r(A.PYMALLOC_FREE, 5), r(A.CALLOC, 6, 7),
+        r(A.MMAP, 80, end), r(A.MUNMAP, 80, end),
+    ]  # fmt: skip
+    assert measure.segment_peaks(records) == [1_080, 10]
+
+
 def test_wall_time_repeats_short_calls_and_reports_their_median() -> None:
     calls = []
     elapsed, repeats = median_wall_time(lambda: calls.append(1), CPU, min_total_s=0.0)

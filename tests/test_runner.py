@@ -85,6 +85,28 @@ def test_the_same_cell_twice_gives_identical_numbers(registry) -> None:
         assert row_a["cell_id"] == row_b["cell_id"]
 
 
+def test_a_batch_gives_each_cell_the_figures_it_gets_alone() -> None:
+    runner = faulty_runner()
+    cells = [cell("neumann-rbp", 0), cell("neumann-rbp", 1), cell("bptt", 0, steps=300)]
+    alone = [runner.run(c).row for c in cells]
+    together = [outcome.row for outcome in runner.run_batch(cells)]
+    for a, b in zip(alone, together, strict=True):
+        assert b["status"] == "ok" and b["memory_method"] == "memray"
+        for key in ("loss", "grad_rel_error", "forward_evaluations", "backward_vjps"):
+            assert a[key] == b[key], key
+        assert abs(a["peak_memory_bytes"] - b["peak_memory_bytes"]) <= 64 << 10
+        assert b["wall_time_s"] < b["cell_time_s"]
+    assert together[2]["peak_memory_bytes"] > 2 * together[0]["peak_memory_bytes"]  # BPTT's graph
+
+
+def test_a_memory_pass_failing_in_a_batch_is_an_error_row_of_its_cell_alone() -> None:
+    cells = [cell("neumann-rbp"), cell("fails-when-counted"), cell("nan"), cell("bptt")]
+    rows = [outcome.row for outcome in faulty_runner().run_batch(cells)]
+    assert [r["status"] for r in rows] == ["ok", "error", "diverged", "ok"]
+    assert rows[1]["error"].startswith("RuntimeError: the counted pass is refused")
+    assert rows[3]["peak_memory_bytes"] > 0 and rows[3]["backward_vjps"] == 300  # T VJPs
+
+
 def test_cells_are_task_and_seed_major() -> None:
     cells = expand(["a"], ["m1", "m2"], [1, 2], [0, 1], ["cpu"])
     assert [c.seed for c in cells] == [0] * 4 + [1] * 4

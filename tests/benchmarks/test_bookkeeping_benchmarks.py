@@ -11,9 +11,14 @@ artifacts/benchmarks.json). Nothing here asserts on a time.
   method returns zeros at once, run by the worker's CellRunner in this
   process: the harness's own cost per cell (problem, references, three passes,
   spectral radius, row), without the pipe and the pool.
+- ``test_null_cells_in_a_batch``: 32 such cells in one batch, as the pool sends
+  cheap cells to a worker: one memory capture for all (divide the time by 32).
 """
 
 from __future__ import annotations
+
+import gc
+from collections.abc import Iterator
 
 import pytest
 import torch
@@ -68,7 +73,17 @@ def null_method(problem: Problem, truncation: int, *, diagnostics: bool = True) 
     )
 
 
-def test_null_cell(benchmark: BenchmarkFixture) -> None:
+@pytest.fixture
+def frozen_heap() -> Iterator[None]:
+    """What the test process holds leaves the collector's sight, as a worker's does
+    (worker_main): the collection before each memory capture is then a worker's."""
+    gc.collect()
+    gc.freeze()
+    yield
+    gc.unfreeze()
+
+
+def null_runner() -> CellRunner:
     from rbpbench.plugins import core_origin
 
     origin = core_origin()
@@ -76,7 +91,11 @@ def test_null_cell(benchmark: BenchmarkFixture) -> None:
         methods={"null": (MethodSpec("null", null_method, "zeros"), origin)},
         tasks={"null": (TaskSpec("null", build_null, "one number"), origin)},
     )
-    runner = CellRunner(registry, "bench")
+    return CellRunner(registry, "bench")
+
+
+def test_null_cell(benchmark: BenchmarkFixture, frozen_heap: None) -> None:
+    runner = null_runner()
     seeds = iter(range(1_000_000))
     benchmark.group = "a cell that costs nothing"
 
@@ -85,3 +104,17 @@ def test_null_cell(benchmark: BenchmarkFixture) -> None:
         assert outcome.row["status"] == "ok", outcome.row["error"]
 
     benchmark.pedantic(cell, rounds=20, iterations=1, warmup_rounds=1)
+
+
+def test_null_cells_in_a_batch(benchmark: BenchmarkFixture, frozen_heap: None) -> None:
+    runner = null_runner()
+    seeds = iter(range(1_000_000))
+    benchmark.group = "a cell that costs nothing"
+    benchmark.extra_info.update(cells_per_round=32)
+
+    def batch() -> None:
+        cells = [Cell("null", "null", 1, next(seeds), "cpu") for _ in range(32)]
+        outcomes = runner.run_batch(cells)
+        assert all(o.row["status"] == "ok" for o in outcomes)
+
+    benchmark.pedantic(batch, rounds=5, iterations=1, warmup_rounds=1)
