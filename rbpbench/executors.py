@@ -14,6 +14,7 @@ import multiprocessing as mp
 import os
 import signal
 import socket
+import statistics
 import sys
 import threading
 import time
@@ -172,13 +173,15 @@ def signal_name(exitcode: int | None) -> str:
 # it by the estimates (what a kill can lose), and the most cells in one batch.
 BATCH_TARGET_S = 1.0
 MAX_BATCH = 32
+ESTIMATE_WINDOW = 8
 
 
 class Batcher:
     """Takes the next batch of cells for a worker: one cell, or several cheap ones.
 
-    A cell's cost is estimated from the last finished cell that differs from
-    it in the seed alone (its ``cell_time_s``). A CPU cell of a task that does not
+    A cell's cost is estimated from the cells finished last that differ from it
+    in the seed alone: the median of their ``cell_time_s`` (ESTIMATE_WINDOW of
+    them), so that one slow cell does not shrink the batches that follow. A CPU cell of a task that does not
     train, whose estimate is known, joins the batch of the cells before it
     while the batch's estimated time stays within BATCH_TARGET_S and it holds
     at most ``max_batch`` cells; anything else runs alone, and so does a cell
@@ -194,7 +197,7 @@ class Batcher:
             raise ValueError(f"max_batch must be at least 1, got {max_batch}")
         self.registry = registry
         self.max_batch = max_batch
-        self.estimates: dict[str, float] = {}
+        self.times: dict[str, deque[float]] = {}
         self.isolated: set[int] = set()  # ids of cells that must run alone
         self.sent: Counter[int] = Counter()  # batch size -> how many batches of that size
 
@@ -205,7 +208,7 @@ class Batcher:
     def observe(self, cell: Cell, row: dict[str, Any]) -> None:
         seconds = row.get("cell_time_s")
         if row.get("status") == OK and isinstance(seconds, float) and math.isfinite(seconds):
-            self.estimates[self.key(cell)] = seconds
+            self.times.setdefault(self.key(cell), deque(maxlen=ESTIMATE_WINDOW)).append(seconds)
 
     def isolate(self, cells: Sequence[Cell]) -> None:
         self.isolated.update(id(cell) for cell in cells)
@@ -219,7 +222,8 @@ class Batcher:
             return None
         if self.registry.task(cell.task).train is not None:
             return None
-        return self.estimates.get(self.key(cell))
+        times = self.times.get(self.key(cell))
+        return statistics.median(times) if times else None
 
     def take(self, pending: deque[Cell]) -> list[Cell]:
         batch = [pending.popleft()]
@@ -298,7 +302,9 @@ class LocalPool:
         )
         return CellOutcome(row)
 
-    def run(self, cells: Sequence[Cell], on_row: RowCallback) -> None:
+    def run(self, cells: Sequence[Cell], on_row: RowCallback, *, one_batch: bool = False) -> None:
+        """Run ``cells``, calling ``on_row`` with each outcome. With ``one_batch`` (a Ray task's
+        cells, batched by the driver), they go to the first worker as one batch."""
         pending = deque(cells)
         workers: list[Worker] = []
         for w in self._idle:  # kept from the last run; one that died idle is let go
@@ -314,7 +320,11 @@ class LocalPool:
             while pending or any(w.cells for w in workers):
                 for w in workers:
                     if w.ready and not w.cells and pending:
-                        w.cells = self.batcher.take(pending)
+                        if one_batch and not self.batcher.isolated:
+                            w.cells = [*pending]
+                            pending.clear()
+                        else:
+                            w.cells = self.batcher.take(pending)
                         w.started = time.monotonic()
                         w.deadline = w.started + (self.timeout or math.inf) * len(w.cells)
                         # A worker that died idle cannot take it: _service reports it crashed.

@@ -1,16 +1,21 @@
 """Cells as Ray tasks: a sweep on a Ray cluster, or on a local Ray instance, with the local pool's guarantees.
 
-Each cell becomes one Ray task that asks for ``cpus_per_cell`` CPUs (and
-``gpus_per_cell`` GPUs when it is a CUDA cell), so that Ray places it on a node
-where it fits. Inside the task the cell runs exactly as under the local
-executor: in the spawned worker process of a one-worker :class:`LocalPool`
-that the Ray worker keeps between tasks. That pool enforces the hard time
+Cells go to Ray tasks that ask for ``cpus_per_cell`` CPUs (and
+``gpus_per_cell`` GPUs for a CUDA cell), so that Ray places them on a node
+where they fit: one cell per task, or a batch of cheap CPU cells chosen as the
+local pool chooses them (:class:`~rbpbench.executors.Batcher`, from the costs
+of the cells finished so far), with twice as many tasks submitted as the
+cluster's CPUs can run, so that the driver is not the bottleneck
+(docs/ray.md has the figures). Inside the task the cells run exactly as under
+the local executor: in the spawned worker process of a one-worker
+:class:`LocalPool` that the Ray worker keeps between tasks. That pool enforces the hard time
 limit on the node itself, from the moment the cell starts (time spent waiting
 for a free node does not count), kills the cell's process at the limit, and
 turns a segfault or a kill of that process into a ``crashed`` row, with the
 same messages as a local sweep. What the pool cannot report, because it died
 too (the Ray worker, its node), reaches the driver as a Ray exception and
-becomes a ``crashed`` row (``oom`` when Ray's memory monitor killed it).
+becomes a ``crashed`` row for each cell of the task (``oom`` when Ray's memory
+monitor killed it).
 
 The driver stays the only writer of the results folder: rows come back as the
 tasks' results and are stored by the sweep as they arrive. Ray is imported
@@ -25,6 +30,7 @@ import os
 import socket
 import sys
 import threading
+from collections import deque
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from types import ModuleType
@@ -34,7 +40,7 @@ from rbpbench.cells import Cell, identity_row
 from rbpbench.config import UsageError
 from rbpbench.data import DATA_DIR_ENV
 from rbpbench.environment import machine_environment, plugin_versions
-from rbpbench.executors import LocalPool, RowCallback
+from rbpbench.executors import Batcher, LocalPool, RowCallback
 from rbpbench.plugins import PluginConfig, Registry, load_registry
 from rbpbench.results import CRASHED, ERROR, OOM, SKIPPED, CellOutcome
 
@@ -96,9 +102,11 @@ def identity_problem(cell: Cell, registry: Registry, expected: dict[str, Any]) -
     return None
 
 
-def run_cell_task(job: RayJob, cell: Cell, expected: dict[str, Any]) -> CellOutcome:
-    """The body of a cell's Ray task, on whatever node Ray chose: the cell's outcome, from a
-    local pool, with this node's description beside it."""
+def run_cells_task(
+    job: RayJob, cells: Sequence[Cell], expected: Sequence[dict[str, Any]]
+) -> list[CellOutcome]:
+    """The body of a Ray task, on whatever node Ray chose: its cells' outcomes in order, from a
+    local pool, with this node's description beside them."""
     import ray
 
     node_id = ray.get_runtime_context().get_node_id()
@@ -121,16 +129,25 @@ def run_cell_task(job: RayJob, cell: Cell, expected: dict[str, Any]) -> CellOutc
             ray_node_id=node_id,
             node_ip=ray.util.get_node_ip_address(),
         )
-    problem = identity_problem(cell, pool.registry, expected)
-    if problem:
-        error = f"on node {node}: {problem}"
-        outcome = CellOutcome({**expected, "status": ERROR, "error": error, "node": node})
-    else:
-        outcomes: list[CellOutcome] = []
-        pool.run([cell], outcomes.append)
-        (outcome,) = outcomes
-    outcome.node_environment = dict(_node_environment)
-    return outcome
+    outcomes: dict[str, CellOutcome] = {}
+    runnable = []
+    for cell, identity in zip(cells, expected, strict=True):
+        problem = identity_problem(cell, pool.registry, identity)
+        if problem:
+            error = f"on node {node}: {problem}"
+            row = {**identity, "status": ERROR, "error": error, "node": node}
+            outcomes[identity["cell_id"]] = CellOutcome(row)
+        else:
+            runnable.append(cell)
+    pool.run(
+        runnable,
+        lambda outcome: outcomes.__setitem__(outcome.row["cell_id"], outcome),
+        one_batch=True,
+    )
+    ordered = [outcomes[identity["cell_id"]] for identity in expected]
+    for outcome in ordered:
+        outcome.node_environment = _node_environment
+    return ordered
 
 
 CONNECT_LIMIT_S = 120.0
@@ -172,6 +189,21 @@ def fits(request: dict[str, float], nodes: Sequence[dict[str, float]]) -> bool:
 
 def describe(request: dict[str, float]) -> str:
     return " and ".join(f"{v:g} {k}" for k, v in request.items())
+
+
+@dataclass(frozen=True)
+class InFlight:
+    """A submitted task: its cells, their identity rows, and what it asked Ray for."""
+
+    cells: list[Cell]
+    identities: list[dict[str, Any]]
+    request: dict[str, float]
+
+
+def task_name(batch: Sequence[Cell]) -> str:
+    first = batch[0]
+    name = f"rbpbench {first.task} {first.method} K={first.truncation} seed={first.seed}"
+    return name if len(batch) == 1 else f"{name} and {len(batch) - 1} more cells"
 
 
 @dataclass
@@ -251,39 +283,59 @@ class RayExecutor:
         job = RayJob(
             self.plugins, self.run_id, self.timeout, max(1, math.ceil(self.cpus_per_cell)), env
         )
-        remote = ray.remote(run_cell_task)
+        remote = ray.remote(run_cells_task)
         nodes = self.live_nodes()
-        pending: dict[Any, tuple[dict[str, Any], dict[str, float]]] = {}
+        queue: deque[Cell] = deque()
         for cell in cells:
-            identity = identity_row(cell, self.registry, self.run_id)
             request = self.request(cell)
             if "GPU" in request and not fits(request, nodes):
                 error = f"no node of the Ray cluster has {describe(request)} for a CUDA cell"
+                identity = identity_row(cell, self.registry, self.run_id)
                 on_row(CellOutcome({**identity, "status": SKIPPED, "error": error}))
-                continue
-            ref = remote.options(
-                num_cpus=request["CPU"],
-                num_gpus=request.get("GPU", 0),
-                max_retries=0,  # a lost cell is a crashed row, not silently run twice
-                retry_exceptions=False,
-                name=f"rbpbench {cell.task} {cell.method} K={cell.truncation} seed={cell.seed}",
-            ).remote(job, cell, identity)
-            pending[ref] = (identity, request)
-        while pending:
+            else:
+                queue.append(cell)
+        batcher = Batcher(self.registry)
+        slots = self.task_slots(nodes)
+        pending: dict[Any, InFlight] = {}
+        while queue or pending:
+            while queue and len(pending) < slots:
+                batch = batcher.take(queue)
+                identities = [identity_row(c, self.registry, self.run_id) for c in batch]
+                request = self.request(batch[0])  # a batch holds CPU cells only, or one cell
+                ref = remote.options(
+                    num_cpus=request["CPU"],
+                    num_gpus=request.get("GPU", 0),
+                    max_retries=0,  # a lost cell is a crashed row, not silently run twice
+                    retry_exceptions=False,
+                    name=task_name(batch),
+                ).remote(job, batch, identities)
+                pending[ref] = InFlight(batch, identities, request)
             ready, _ = ray.wait(list(pending), num_returns=1, timeout=self.poll_s)
             for ref in ready:
-                identity, _request = pending.pop(ref)
-                on_row(self.collect(ref, identity))
+                flight = pending.pop(ref)
+                outcomes = self.collect(ref, flight.identities)
+                for cell, outcome in zip(flight.cells, outcomes, strict=True):
+                    batcher.observe(cell, outcome.row)
+                    on_row(outcome)
             if not ready:
                 self.drop_unplaceable(pending, on_row)
+                slots = self.task_slots(self.live_nodes())
 
-    def collect(self, ref: Any, identity: dict[str, Any]) -> CellOutcome:
-        """A finished task's outcome; a task that failed as a whole gives a row saying why."""
+    def task_slots(self, nodes: Sequence[dict[str, float]]) -> int:
+        """How many tasks to keep submitted: twice what the cluster's CPUs can run at once, so
+        that a node finishing a task finds the next one waiting, and the driver still
+        chooses each batch's size from the costs of the cells finished so far."""
+        cpus = sum(n.get("CPU", 0.0) for n in nodes)
+        return max(2, 2 * math.floor(cpus / self.cpus_per_cell))
+
+    def collect(self, ref: Any, identities: Sequence[dict[str, Any]]) -> list[CellOutcome]:
+        """A finished task's outcomes; a task that failed as a whole gives each of its cells a
+        row saying why."""
         ray = self._ray
         assert ray is not None
         try:
-            outcome: CellOutcome = ray.get(ref)
-            return outcome
+            outcomes: list[CellOutcome] = ray.get(ref)
+            return outcomes
         except ray.exceptions.RayTaskError as exc:
             cause = exc.cause if isinstance(exc.cause, BaseException) else exc
             status, error = ERROR, f"the cell's Ray task failed: {first_line(cause)}"
@@ -292,20 +344,19 @@ class RayExecutor:
         except ray.exceptions.RayError as exc:
             status = CRASHED
             error = f"the Ray worker or node running the cell was lost: {first_line(exc)}"
-        return CellOutcome({**identity, "status": status, "error": error})
+        return [
+            CellOutcome({**identity, "status": status, "error": error}) for identity in identities
+        ]
 
-    def drop_unplaceable(
-        self, pending: dict[Any, tuple[dict[str, Any], dict[str, float]]], on_row: RowCallback
-    ) -> None:
+    def drop_unplaceable(self, pending: dict[Any, InFlight], on_row: RowCallback) -> None:
         """Cells that no live node can hold any more (their nodes died) end as crashed, not waited for."""
         ray = self._ray
         assert ray is not None
         nodes = self.live_nodes()
-        for ref, (identity, request) in list(pending.items()):
-            if not fits(request, nodes):
+        for ref, flight in list(pending.items()):
+            if not fits(flight.request, nodes):
                 ray.cancel(ref, force=True)
                 del pending[ref]
-                error = (
-                    f"no live node of the Ray cluster has {describe(request)} for the cell any more"
-                )
-                on_row(CellOutcome({**identity, "status": CRASHED, "error": error}))
+                error = f"no live node of the Ray cluster has {describe(flight.request)} for the cell any more"
+                for identity in flight.identities:
+                    on_row(CellOutcome({**identity, "status": CRASHED, "error": error}))

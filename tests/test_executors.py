@@ -7,7 +7,14 @@ from collections import deque
 import pytest
 
 from rbpbench.cells import Cell
-from rbpbench.executors import BATCH_TARGET_S, Batcher, LocalPool, threads_per_worker, usable_cores
+from rbpbench.executors import (
+    BATCH_TARGET_S,
+    ESTIMATE_WINDOW,
+    Batcher,
+    LocalPool,
+    threads_per_worker,
+    usable_cores,
+)
 from rbpbench.plugins import PluginConfig, load_registry
 
 
@@ -75,16 +82,20 @@ def ok(seconds: float) -> dict[str, object]:
 
 def test_a_cell_of_unknown_cost_runs_alone_and_cheap_ones_share_a_batch(registry) -> None:
     batcher = Batcher(registry, max_batch=8)
-    pending = seeds(20)
+    pending = seeds(30)
     (first,) = batcher.take(pending)
     assert first.seed == 0
     batcher.observe(first, ok(BATCH_TARGET_S / 3))
     assert [c.seed for c in batcher.take(pending)] == [1, 2, 3]  # within the target, in order
-    batcher.observe(first, ok(0.001))
+    for _ in range(ESTIMATE_WINDOW):
+        batcher.observe(first, ok(0.001))
     assert [c.seed for c in batcher.take(pending)] == list(range(4, 12))  # at most max_batch
     batcher.observe(first, ok(2 * BATCH_TARGET_S))
+    assert len(batcher.take(pending)) == 8  # the median of the last cells: one slow cell is noise
+    for _ in range(ESTIMATE_WINDOW):
+        batcher.observe(first, ok(2 * BATCH_TARGET_S))
     assert len(batcher.take(pending)) == 1
-    assert batcher.sent == {1: 2, 3: 1, 8: 1}
+    assert batcher.sent == {1: 2, 3: 1, 8: 2}
 
 
 def test_a_failed_cell_teaches_nothing_of_the_cost(registry) -> None:
