@@ -223,6 +223,7 @@ class RayExecutor:
     gpus_per_cell: float = 1.0
     poll_s: float = 5.0
     _ray: ModuleType | None = field(default=None, repr=False)
+    batcher: Batcher | None = field(default=None, init=False, repr=False)  # the last run's
 
     def request(self, cell: Cell) -> dict[str, float]:
         request = {"CPU": self.cpus_per_cell}
@@ -294,7 +295,7 @@ class RayExecutor:
                 on_row(CellOutcome({**identity, "status": SKIPPED, "error": error}))
             else:
                 queue.append(cell)
-        batcher = Batcher(self.registry)
+        batcher = self.batcher = Batcher(self.registry)
         slots = self.task_slots(nodes)
         pending: dict[Any, InFlight] = {}
         while queue or pending:

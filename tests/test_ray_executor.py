@@ -378,3 +378,45 @@ def test_after_a_lost_node_the_same_command_resumes(lost_node: dict[str, Any]) -
     assert len(final) == 12 and (final.status == "ok").all()
     kept = final.set_index("cell_id").loc[frame[frame.status == "ok"].cell_id, "run_id"]
     assert (kept == frame.set_index("cell_id").loc[kept.index, "run_id"]).all()
+
+
+BATCHED_SWEEP = """
+import json
+from rbpbench.cells import Cell
+from rbpbench.plugins import PluginConfig, load_registry
+from rbpbench.ray_executor import RayExecutor
+
+plugins = PluginConfig(modules=("tests.faulty_methods",))
+executor = RayExecutor(load_registry(plugins), plugins, "run", timeout=120, poll_s=1.0)
+seeds = [0, 1, 3, 4, 5, 6, 7, 8, 2, 9, 10, 11, 12, 13]  # seed 2 comes once batches form
+cells = [Cell("contractive-rnn", "dies-on-seed-2", 1, s, "cpu", (("steps", 10),)) for s in seeds]
+rows = []
+try:
+    executor.run(cells, lambda outcome: rows.append(outcome.row))
+finally:
+    executor.close()
+statuses = {r["seed"]: r["status"] for r in rows}
+print(json.dumps({"statuses": statuses, "sent": executor.batcher.sent}))
+"""
+
+
+@pytest.mark.slow
+def test_cheap_cells_go_to_ray_in_batches_and_a_crash_takes_no_other_cell() -> None:
+    marker = f"batch-{secrets.token_hex(4)}"
+    ray_tmp = short_tmp()
+    env = {**ray_env(marker, secrets.token_hex(32)), "RAY_TMPDIR": str(ray_tmp)}
+    try:
+        done = subprocess.run(
+            [sys.executable, "-c", BATCHED_SWEEP],
+            capture_output=True, text=True, env=env, cwd=REPO, timeout=400,
+        )  # fmt: skip
+    finally:
+        kill_marked(marker)
+        shutil.rmtree(ray_tmp, ignore_errors=True)
+    assert done.returncode == 0, done.stderr[-3000:]
+    report = json.loads(done.stdout.strip().splitlines()[-1])
+    statuses = {int(seed): status for seed, status in report["statuses"].items()}
+    assert statuses == {seed: "crashed" if seed == 2 else "ok" for seed in range(14)}
+    sizes = {int(size): count for size, count in report["sent"].items()}
+    assert sum(size * count for size, count in sizes.items()) == 14
+    assert max(sizes) > 1  # the first cells alone, then batches
