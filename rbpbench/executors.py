@@ -171,7 +171,7 @@ def signal_name(exitcode: int | None) -> str:
 
 # How much work one batch of cheap cells may hold: the wall time a worker spends on
 # it by the estimates (what a kill can lose), and the most cells in one batch.
-BATCH_TARGET_S = 1.0
+BATCH_TARGET_S = 5.0
 MAX_BATCH = 32
 ESTIMATE_WINDOW = 8
 

@@ -394,8 +394,10 @@ def read_table(folder: Path) -> tuple[pd.DataFrame, Path] | None:
     the table lacks are not added (an older table lacks the added ones), and a
     column whose values do not fit its type is left as it is (see :func:`typed`).
     """
-    found = _compacted_table(folder)
+    # The journal first: a compaction writes the table and only then removes the journal,
+    # so rows missing from a journal read before it are in any table read after it.
     pending = read_journal(folder)
+    found = _compacted_table(folder)
     if not pending:
         return found
     recent = to_frame(pending)

@@ -84,6 +84,35 @@ def test_a_finished_cell_costs_one_journal_line_and_readers_see_it(tmp_path: Pat
     assert set(again.rows) == set(folder.rows) and again.rows[seen.cell_id[0]]["loss"] is not None
 
 
+def test_a_reader_racing_a_compaction_still_sees_every_row(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The sweep compacts between the reader's two reads, the journal's and the table's
+    (the race a SIGTERM test once lost: the old table, then no journal, showed no row)."""
+    from rbpbench import results
+
+    folder = stored_folder(tmp_path, n=2)
+    folder.compact()
+    folder.append(row("t", "m", 5, 7, loss=1.0))  # pending: in the journal only
+    reads: list[str] = []
+
+    def then_compact(name: str, read_part):  # type: ignore[no-untyped-def]
+        def read_and_maybe_compact(path: Path):  # type: ignore[no-untyped-def]
+            part = read_part(path)
+            reads.append(name)
+            if len(reads) == 1:
+                folder.compact()  # the table now holds the row, and the journal is gone
+            return part
+
+        return read_and_maybe_compact
+
+    monkeypatch.setattr(results, "read_journal", then_compact("journal", results.read_journal))
+    table_of = then_compact("table", results._compacted_table)
+    monkeypatch.setattr(results, "_compacted_table", table_of)
+    assert sorted(read(folder.folder).seed) == [0, 1, 7]
+    assert reads == ["journal", "table"]
+
+
 def test_a_line_cut_short_by_a_kill_is_not_a_row(tmp_path: Path) -> None:
     folder = stored_folder(tmp_path, n=2)
     with open(folder.journal, "a") as handle:
