@@ -32,7 +32,7 @@ def test_the_hopfield_quick_preset_runs_end_to_end(tmp_path: Path) -> None:
     # the task's report: Table 1 beside the paper's figures, and the retrievals like Fig. 2
     assert hopfield_report.main([str(out), "--truncation", "10"]) == 0
     table = (out / "hopfield-table1.md").read_text()
-    assert "| rbp | " in table and "/ 1%" in table  # the paper's RBP success at K=10
+    assert "| rbp | 10 | 2 |" in table and "| 1% (0.2% to 5.4%) |" in table  # the paper's K=10
     png = (out / "hopfield-retrievals.png").read_bytes()
     assert png.startswith(b"\x89PNG") and len(png) > 5000
 

@@ -16,6 +16,7 @@ import pandas as pd
 from rbpbench.problem import TaskFigure
 from rbpbench.reports import paper
 from rbpbench.results import DIVERGED, OK, read, read_curves
+from rbpbench.stats import wilson_interval
 
 
 def paper_table1() -> dict[str, dict[int, float]]:
@@ -27,34 +28,59 @@ def paper_table1() -> dict[str, dict[int, float]]:
     return table
 
 
-def success_rate(frame: pd.DataFrame) -> pd.DataFrame:
-    """Percentage of cells that succeeded, out of all cells: a failed cell counts as a failure."""
-    methods = list(dict.fromkeys(frame.method))
-    counts = frame.assign(hit=frame.success.fillna(False).astype(bool)).groupby(
-        ["method", "truncation"]
-    )["hit"]
-    table = (counts.mean() * 100).map(lambda v: f"{v:.0f}%") + counts.size().map(
-        lambda n: f" of {n}"
-    )
-    return table.unstack("truncation").reindex(methods).fillna("-")
+PAPER_TRIALS = 100  # Table 1's rates are out of 100 trials each
+
+
+def percent(value: float) -> str:
+    """A rate as a percentage: whole percents, tenths below 10%, 0% for what rounds to it."""
+    share = 100 * value
+    return f"{share:.0f}%" if share >= 10 or round(share, 1) == 0 else f"{share:.1f}%"
+
+
+def fisher_p(hits: int, trials: int, other_hits: int, other_trials: int) -> float:
+    """Two-sided p-value of Fisher's exact test that two success rates are equal."""
+    from scipy.stats import fisher_exact
+
+    table = [[hits, trials - hits], [other_hits, other_trials - other_hits]]
+    return float(fisher_exact(table, alternative="two-sided").pvalue)
 
 
 def table1(frame: pd.DataFrame) -> str:
-    """Markdown: measured success rate (and trial count) beside the paper's, per method and K."""
+    """Markdown: per method and K, the measured success rate with its 95% Wilson interval,
+    the paper's (out of its 100 trials) with its own, and Fisher's exact test of the two.
+
+    A failed cell (timeout, error) counts as a failed trial. "agree" means the two
+    rates are not told apart at the 5% level (two-sided Fisher's exact test on the
+    two counts); the paper's counts are its percentages of 100 trials.
+    """
     rows = frame[frame.task == "hopfield"]
-    measured = success_rate(rows)
     published = paper_table1()
+    hit = rows.success.fillna(False).astype(bool)
+    counts = hit.groupby([rows.method, rows.truncation]).agg(["sum", "size"])
     lines = [
-        "| method | " + " | ".join(f"K={k}: measured / paper" for k in measured.columns) + " |"
+        "| method | K | trials | succeeded | measured (95% Wilson interval) "
+        "| paper, of 100 (95% interval) | Fisher's exact p | verdict |",
+        "|---|---|---|---|---|---|---|---|",
     ]
-    lines.append("|---" * (len(measured.columns) + 1) + "|")
-    for method, values in measured.iterrows():
-        expected = published.get(str(method), {})
-        cells = [
-            f"{values[k]} / {expected[k]:g}%" if k in expected else f"{values[k]} / -"
-            for k in measured.columns
-        ]
-        lines.append(f"| {method} | " + " | ".join(cells) + " |")
+    for method in dict.fromkeys(rows.method):
+        for k in sorted(int(k) for k in rows[rows.method == method].truncation.unique()):
+            hits, trials = (int(v) for v in counts.loc[(method, k)])
+            measured = wilson_interval(hits, trials)
+            rate = published.get(str(method), {}).get(k)
+            if rate is None:
+                paper_cell, p_cell, verdict = "-", "-", "no paper figure"
+            else:
+                paper_hits = round(rate * PAPER_TRIALS / 100)
+                paper = wilson_interval(paper_hits, PAPER_TRIALS)
+                p = fisher_p(hits, trials, paper_hits, PAPER_TRIALS)
+                paper_cell = f"{rate:g}% ({percent(paper.low)} to {percent(paper.high)})"
+                p_cell = f"{p:.2g}"
+                verdict = "agree" if p >= 0.05 else "differ"
+            lines.append(
+                f"| {method} | {k} | {trials} | {hits} | {percent(measured.mean)} "
+                f"({percent(measured.low)} to {percent(measured.high)}) "
+                f"| {paper_cell} | {p_cell} | {verdict} |"
+            )
     return "\n".join(lines) + "\n"
 
 
