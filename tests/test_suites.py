@@ -17,11 +17,13 @@ pytestmark = pytest.mark.slow
 
 def test_the_hopfield_quick_preset_runs_end_to_end(tmp_path: Path) -> None:
     out = tmp_path / "hopfield"
-    result = run_cli("run", "--suite", "hopfield-quick", "--jobs", "2", "--out", str(out))
+    # the suite's first trial (its five cells): the second costs as much and tells nothing more
+    args = ("run", "--suite", "hopfield-quick", "--seeds", "0", "--jobs", "2", "--out", str(out))
+    result = run_cli(*args)
     assert result.returncode == 0, result.stderr
     assert "success rate" in result.stdout and "retrieval error" in result.stdout
     frame = pd.read_parquet(out / "results.parquet")
-    assert len(frame) == 10 and set(frame.status) == {"ok"}
+    assert len(frame) == 5 and set(frame.status) == {"ok"}
     assert frame.success.notna().all() and (frame.epochs == 2).all()
     assert frame.retrieval_error.between(0, 1).all()
     for cell_id in frame.cell_id:
@@ -32,7 +34,7 @@ def test_the_hopfield_quick_preset_runs_end_to_end(tmp_path: Path) -> None:
     # the task's report: Table 1 beside the paper's figures, and the retrievals like Fig. 2
     assert hopfield_report.main([str(out), "--truncation", "10"]) == 0
     table = (out / "hopfield-table1.md").read_text()
-    assert "| rbp | 10 | 2 |" in table and "| 1% (0.2% to 5.4%) |" in table  # the paper's K=10
+    assert "| rbp | 10 | 1 |" in table and "| 1% (0.2% to 5.4%) |" in table  # the paper's K=10
     png = (out / "hopfield-retrievals.png").read_bytes()
     assert png.startswith(b"\x89PNG") and len(png) > 5000
 
