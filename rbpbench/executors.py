@@ -153,7 +153,10 @@ def worker_main(setup: WorkerSetup, connection: Connection) -> None:
     try:
         connection.send(("ready", None))
         while (cells := connection.recv()) is not None:
-            connection.send(("rows", runner.run_batch(cells)))  # CellOutcomes, in order
+            # ("started", i) before the batch's cell i, ("capture", n) before the shared
+            # capture of n memory passes: where the time limit runs from, and who is at fault
+            outcomes = runner.run_batch(cells, lambda kind, n: connection.send((kind, n)))
+            connection.send(("rows", outcomes))  # CellOutcomes, in order
     except (EOFError, BrokenPipeError):
         return  # the driver is gone (killed or interrupted): nothing is left to report to
 
@@ -244,8 +247,13 @@ class Worker:
     connection: Connection
     ready: bool = False
     cells: list[Cell] = field(default_factory=list)  # the batch it is running
-    started: float = 0.0
+    current: int | None = None  # the batch's cell running now; None: not yet, or the capture
+    started: float = 0.0  # when that began
     deadline: float = float("inf")
+
+    def begin(self, current: int | None, limit: float | None, cells: int = 1) -> None:
+        self.current, self.started = current, time.monotonic()
+        self.deadline = self.started + (limit or math.inf) * cells
 
 
 @dataclass
@@ -256,10 +264,12 @@ class LocalPool:
     its time limit is killed and replaced; so is one that dies. Each worker
     runs ``threads`` torch threads when given, else ``threads_per_worker``.
     Cheap cells go to a worker in batches (:class:`Batcher`), whose memory
-    passes share one capture. A batch's time limit is the sum of its cells';
-    when a batch's worker dies or runs past it, each of its cells runs again
-    alone, so that only the cell at fault gets the ``crashed`` or ``timeout``
-    row.
+    passes share one capture. The worker says when each cell of a batch
+    starts, and the time limit runs for each cell from its start (for the
+    shared capture, the limit times its passes). When a worker dies or runs
+    out of time in a cell of a batch, that cell gets the ``crashed`` or
+    ``timeout`` row and the batch's other cells run again; in the shared
+    capture, where the pass at fault is unknown, each runs again alone.
     Every row is stamped with ``node``, the machine the cells ran on. With
     ``keep_workers``, idle workers outlive ``run`` for the next call (the Ray
     executor runs one cell per call) until ``close``.
@@ -325,9 +335,8 @@ class LocalPool:
                             pending.clear()
                         else:
                             w.cells = self.batcher.take(pending)
-                        w.started = time.monotonic()
-                        w.deadline = w.started + (self.timeout or math.inf) * len(w.cells)
                         # A worker that died idle cannot take it: _service reports it crashed.
+                        w.begin(None, self.timeout)  # the worker says "started" at once
                         with contextlib.suppress(OSError):
                             w.connection.send(w.cells)
                 next_deadline = min((w.deadline for w in workers), default=float("inf"))
@@ -357,32 +366,37 @@ class LocalPool:
         for kind, payload in self._messages(w):
             if kind == "ready":
                 w.ready = True
+            elif kind == "started":
+                w.begin(payload, self.timeout)
+            elif kind == "capture":
+                w.begin(None, self.timeout, payload)
             elif kind == "rows":
                 cells, w.cells, w.deadline = w.cells, [], float("inf")
                 for cell, outcome in zip(cells, payload, strict=True):
                     self.batcher.observe(cell, outcome.row)
                     # Not guarded: a row that cannot be stored must stop the sweep.
                     on_row(replace(outcome, row={**outcome.row, "node": self.node}))
-        died = bool(w.cells) and not w.process.is_alive()
-        late = bool(w.cells) and time.monotonic() > w.deadline
-        if (died or late) and len(w.cells) > 1:
-            # Which cell of the batch failed is unknown: each runs again alone.
-            self.batcher.isolate(w.cells)
-            self._requeue += w.cells
-            return self._replace(w)
-        if died:
-            error = f"the worker process died while running the cell ({signal_name(w.process.exitcode)})"
-            on_row(self._failure_row(w.cells[0], CRASHED, error, w.started))
-            return self._replace(w)
-        if late:
-            error = f"no result within the time limit of {self.timeout:g} s; the worker was killed"
-            on_row(self._failure_row(w.cells[0], TIMEOUT, error, w.started))
-            return self._replace(w)
         if not w.cells and not w.ready and not w.process.is_alive():
             raise RuntimeError(
                 f"a worker process failed to start ({signal_name(w.process.exitcode)})"
             )
-        return w
+        died = bool(w.cells) and not w.process.is_alive()
+        late = bool(w.cells) and time.monotonic() > w.deadline
+        if not (died or late):
+            return w
+        at_fault = w.current if w.current is not None or len(w.cells) > 1 else 0
+        if at_fault is None:  # in the shared capture: which pass failed is unknown
+            self.batcher.isolate(w.cells)
+            self._requeue += w.cells
+            return self._replace(w)
+        self._requeue += w.cells[:at_fault] + w.cells[at_fault + 1 :]  # their work is lost
+        if died:
+            error = f"the worker process died while running the cell ({signal_name(w.process.exitcode)})"
+            on_row(self._failure_row(w.cells[at_fault], CRASHED, error, w.started))
+        else:
+            error = f"no result within the time limit of {self.timeout:g} s; the worker was killed"
+            on_row(self._failure_row(w.cells[at_fault], TIMEOUT, error, w.started))
+        return self._replace(w)
 
     @staticmethod
     def _messages(w: Worker) -> list[tuple[str, Any]]:

@@ -197,18 +197,28 @@ class CellRunner:
         """The cell's row, and a training task's curves beside it."""
         return self.run_batch([cell])[0]
 
-    def run_batch(self, cells: Sequence[Cell]) -> list[CellOutcome]:
+    def run_batch(
+        self, cells: Sequence[Cell], progress: Callable[[str, int], None] | None = None
+    ) -> list[CellOutcome]:
         """The cells' outcomes, in order; the memory passes of CPU cells share one capture.
 
         Each cell runs as :meth:`run` would run it, except that the memory pass of
         a CPU cell of a task that does not train waits for the others' and all
         run under one memray capture (:func:`measure.peak_memories`: the same
         figures, one start and stop of the profiler instead of one per cell).
-        The capture's time is shared out equally in ``cell_time_s``.
+        The capture's time is shared out equally in ``cell_time_s``. ``progress``
+        hears ("started", i) before cell i and ("capture", n) before a capture of n
+        passes.
         """
-        started = [self._start(cell) for cell in cells]
+        started = []
+        for i, cell in enumerate(cells):
+            if progress:
+                progress("started", i)
+            started.append(self._start(cell))
         waiting = [s for s in started if s.memory_pass is not None]
         if waiting:
+            if progress:
+                progress("capture", len(waiting))
             begin = time.perf_counter()
             figures = measure.peak_memories(
                 [s.guarded_memory_pass for s in waiting], torch.device("cpu")

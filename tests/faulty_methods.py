@@ -42,10 +42,22 @@ def dies_on_seed_2(problem, truncation, **_):
     return bptt(problem, truncation)
 
 
+def hangs_on_seed_2(problem, truncation, **_):
+    if problem.seed == 2:
+        time.sleep(3600)
+    return bptt(problem, truncation)
+
+
 def fails_when_counted(problem, truncation, **_):
     """BPTT, except in the memory pass (the one pass whose problem counts its steps)."""
     if getattr(problem.step, "__name__", "") == "counted_step":
         raise RuntimeError("the counted pass is refused")
+    return bptt(problem, truncation)
+
+
+def dies_in_the_memory_pass_on_seed_2(problem, truncation, **_):
+    if problem.seed == 2 and getattr(problem.step, "__name__", "") == "counted_step":
+        os.kill(os.getpid(), signal.SIGKILL)
     return bptt(problem, truncation)
 
 
@@ -96,6 +108,12 @@ def rbpbench_methods() -> list[MethodSpec]:
         MethodSpec("nan", not_a_number, "returns NaN gradients"),
         MethodSpec("dies", dies, "kills its own process"),
         MethodSpec("dies-on-seed-2", dies_on_seed_2, "BPTT; kills its process at seed 2"),
+        MethodSpec("hangs-on-seed-2", hangs_on_seed_2, "BPTT; sleeps for an hour at seed 2"),
+        MethodSpec(
+            "dies-counted-on-seed-2",
+            dies_in_the_memory_pass_on_seed_2,
+            "BPTT; kills its process in the memory pass at seed 2",
+        ),
         MethodSpec("fails-when-counted", fails_when_counted, "BPTT; raises in the memory pass"),
         MethodSpec("exhausts-memory", exhausts_memory, "asks for 4 EiB"),
         MethodSpec("wrong-shape", wrong_shape, "returns flattened gradients"),

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from collections import deque
 
 import pytest
@@ -132,23 +133,46 @@ def test_training_tasks_cuda_cells_and_isolated_cells_run_alone(registry) -> Non
         Batcher(registry, max_batch=0)
 
 
-@pytest.mark.slow
-def test_a_cell_that_kills_its_batch_s_worker_is_the_only_crashed_row() -> None:
+def batch_of_five(method: str, timeout: float) -> tuple[LocalPool, list[dict[str, object]]]:
+    """Five cheap cells of ``method`` sent to one worker as one batch; their rows."""
     plugins = PluginConfig(modules=("tests.faulty_methods",))
-    pool = LocalPool(load_registry(plugins), plugins, "run", jobs=1, timeout=120)
-    cells = [
-        Cell("contractive-rnn", "dies-on-seed-2", 1, seed, "cpu", (("steps", 10),))
-        for seed in range(5)
-    ]
+    pool = LocalPool(load_registry(plugins), plugins, "run", jobs=1, timeout=timeout)
+    cells = [Cell("contractive-rnn", method, 1, seed, "cpu", (("steps", 10),)) for seed in range(5)]
     pool.batcher.observe(cells[0], ok(0.01))  # as if one had run: the five share a batch
     rows: list[dict[str, object]] = []
     try:
         pool.run(cells, lambda outcome: rows.append(outcome.row))
     finally:
         pool.close()
-    assert {r["seed"]: r["status"] for r in rows} == {
-        0: "ok", 1: "ok", 2: "crashed", 3: "ok", 4: "ok"
-    }  # fmt: skip
-    assert pool.batcher.sent == {5: 1, 1: 5}  # the lost batch's cells ran again, alone
+    return pool, rows
+
+
+@pytest.mark.slow
+def test_a_cell_that_kills_its_batch_s_worker_is_the_only_crashed_row() -> None:
+    pool, rows = batch_of_five("dies-on-seed-2", timeout=120)
+    statuses = {r["seed"]: r["status"] for r in rows}
+    assert statuses == {0: "ok", 1: "ok", 2: "crashed", 3: "ok", 4: "ok"}
+    assert pool.batcher.sent == {5: 1, 4: 1}  # the other four ran again, in a batch
     crashed = next(r for r in rows if r["seed"] == 2)
     assert "killed by SIGKILL" in str(crashed["error"])
+
+
+@pytest.mark.slow
+def test_a_cell_that_hangs_in_a_batch_times_out_once_from_its_own_start() -> None:
+    started = time.monotonic()
+    pool, rows = batch_of_five("hangs-on-seed-2", timeout=4)
+    statuses = {r["seed"]: r["status"] for r in rows}
+    assert statuses == {0: "ok", 1: "ok", 2: "timeout", 3: "ok", 4: "ok"}
+    assert pool.batcher.sent == {5: 1, 4: 1}
+    hung = next(r for r in rows if r["seed"] == 2)
+    assert "time limit of 4 s" in str(hung["error"])
+    assert 4 <= float(hung["cell_time_s"]) < 8  # from the cell's start, not the batch's
+    assert time.monotonic() - started < 60  # not the batch's five limits, nor twice
+
+
+@pytest.mark.slow
+def test_a_death_in_the_shared_capture_reruns_each_cell_of_the_batch_alone() -> None:
+    pool, rows = batch_of_five("dies-counted-on-seed-2", timeout=120)
+    statuses = {r["seed"]: r["status"] for r in rows}
+    assert statuses == {0: "ok", 1: "ok", 2: "crashed", 3: "ok", 4: "ok"}
+    assert pool.batcher.sent == {5: 1, 1: 5}  # which pass killed it was unknown
