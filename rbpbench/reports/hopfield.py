@@ -8,6 +8,7 @@ writes ``RESULTS_DIR/hopfield-table1.md`` and ``RESULTS_DIR/hopfield-retrievals.
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 from pathlib import Path
 
@@ -45,15 +46,41 @@ def fisher_p(hits: int, trials: int, other_hits: int, other_trials: int) -> floa
     return float(fisher_exact(table, alternative="two-sided").pvalue)
 
 
+def method_labels(rows: pd.DataFrame) -> pd.Series:
+    """Each row's method, with the parameters it ran with where they are not the method's
+    defaults (``rbp (init=zeros)``); a method that is not installed here keeps its name."""
+    from rbpbench.plugins import load_registry
+
+    methods = load_registry(warn=False).methods
+
+    def label(method: str, params: str) -> str:
+        if method not in methods:
+            return method
+        defaults = methods[method][0].defaults
+        given = json.loads(params) if isinstance(params, str) and params else {}
+        changed = {k: v for k, v in given.items() if defaults.get(k) != v}
+        return (
+            f"{method} ({', '.join(f'{k}={v}' for k, v in changed.items())})" if changed else method
+        )
+
+    params = rows.method_params if "method_params" in rows else pd.Series("", index=rows.index)
+    return pd.Series(
+        [label(str(m), p) for m, p in zip(rows.method, params, strict=True)], index=rows.index
+    )
+
+
 def table1(frame: pd.DataFrame) -> str:
     """Markdown: per method and K, the measured success rate with its 95% Wilson interval,
     the paper's (out of its 100 trials) with its own, and Fisher's exact test of the two.
 
     A failed cell (timeout, error) counts as a failed trial. "agree" means the two
     rates are not told apart at the 5% level (two-sided Fisher's exact test on the
-    two counts); the paper's counts are its percentages of 100 trials.
+    two counts); the paper's counts are its percentages of 100 trials. A method
+    run with other parameters than its defaults is a row of its own, named with
+    them, and has no paper figure: the paper ran the defaults.
     """
     rows = frame[frame.task == "hopfield"]
+    rows = rows.assign(method=method_labels(rows))
     published = paper_table1()
     hit = rows.success.fillna(False).astype(bool)
     counts = hit.groupby([rows.method, rows.truncation]).agg(["sum", "size"])

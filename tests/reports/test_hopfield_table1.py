@@ -38,3 +38,15 @@ def test_fisher_s_test_and_percentages_by_hand() -> None:
     assert [percent(v) for v in (0.0, 1e-9, 0.054, 0.1, 0.565, 1.0)] == [
         "0%", "0%", "5.4%", "10%", "56%", "100%"
     ]  # fmt: skip
+
+
+def test_a_method_run_with_other_parameters_is_a_row_of_its_own_without_paper_figure() -> None:
+    rows = trials("rbp", 10, 0, 4) + [
+        {**r, "cell_id": f"zeros-{r['seed']}", "method_params": '{"init": "zeros", "tol": 1e-08}'}
+        for r in trials("rbp", 10, 4, 4)
+    ]
+    table = table1(frame(rows))
+    assert "| rbp | 10 | 4 | 0 | 0% (0% to 49%) | 1% (0.2% to 5.4%) | 1 | agree |" in table
+    assert (
+        "| rbp (init=zeros) | 10 | 4 | 4 | 100% (51% to 100%) | - | - | no paper figure |" in table
+    )
